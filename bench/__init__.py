@@ -1,0 +1,1 @@
+"""Benchmarks: figures for the docs and closing notes, never pass/fail tests."""

@@ -1,0 +1,151 @@
+"""The worker's state machine: THE transition table, declared once as data.
+
+The runtime moves only through :class:`WorkerMachine`, which builds a sync
+``transitions.Machine`` from :data:`TRANSITIONS` with ``auto_transitions=False``, so no move can
+bypass the table: an undeclared move raises :class:`IllegalTransition` at once (it is a bug).
+The statecharts in ``statecharts/`` and the property tests read the same table.
+
+States and their meaning are protocol.md section 6.4; the names are normative.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+from transitions import Machine, MachineError
+
+__all__ = [
+    "INITIAL_STATE",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "IllegalTransition",
+    "State",
+    "Transition",
+    "TransitionHook",
+    "Trigger",
+    "WorkerMachine",
+]
+
+logger = logging.getLogger("worker.machine")
+
+
+class State(enum.Enum):
+    """Main-loop states (protocol.md section 6.4)."""
+
+    IDLE = "Idle"
+    AWAITING = "Awaiting"
+    REGISTERING = "Registering"
+    EXECUTING = "Executing"
+    DRAINING = "Draining"
+    STOPPED = "Stopped"
+
+
+class Trigger(enum.Enum):
+    """The events that move the main loop."""
+
+    POLL = "poll"  # M0: send NextTask
+    NO_TASK = "no_task"  # M1: OK + no_task
+    POLL_FAILED = "poll_failed"  # M1: error status or malformed reply; back off
+    STALE_ASSIGNMENT = "stale_assignment"  # M2: s < tracker, recorded without a storage call
+    ASSIGNMENT = "assignment"  # M2: s >= tracker, go register
+    REGISTERED = "registered"  # M3: storage created the instance
+    REGISTRATION_DROPPED = "registration_dropped"  # M3: NOT_FOUND, FAILED_PRECONDITION, stale
+    FINISHED = "finished"  # M5/M6: outcome handed to the reporters (or dropped as stale)
+    STOP = "stop"  # first SIGTERM/SIGINT: drain
+    EVICT = "evict"  # storage marked us dead, or its session went backwards
+    FAIL = "fail"  # fatal error (malformed context, INVALID_ARGUMENT, broken pool)
+    SHUTDOWN = "shutdown"  # Shutdown sent (or attempted)
+
+
+@attrs.frozen(slots=True)
+class Transition:
+    """One declared move: ``trigger`` takes the machine from ``source`` to ``dest``."""
+
+    trigger: Trigger
+    source: State
+    dest: State
+
+
+_RUNNING_STATES: Final = (State.IDLE, State.AWAITING, State.REGISTERING, State.EXECUTING)
+
+#: THE transition table. Everything else (runtime, statecharts, property tests) reads it.
+TRANSITIONS: Final[tuple[Transition, ...]] = (
+    Transition(Trigger.POLL, State.IDLE, State.AWAITING),
+    Transition(Trigger.NO_TASK, State.AWAITING, State.IDLE),
+    Transition(Trigger.POLL_FAILED, State.AWAITING, State.IDLE),
+    Transition(Trigger.STALE_ASSIGNMENT, State.AWAITING, State.IDLE),
+    Transition(Trigger.ASSIGNMENT, State.AWAITING, State.REGISTERING),
+    Transition(Trigger.REGISTERED, State.REGISTERING, State.EXECUTING),
+    Transition(Trigger.REGISTRATION_DROPPED, State.REGISTERING, State.IDLE),
+    Transition(Trigger.FINISHED, State.EXECUTING, State.IDLE),
+    *(Transition(Trigger.STOP, source, State.DRAINING) for source in _RUNNING_STATES),
+    *(Transition(Trigger.EVICT, source, State.DRAINING) for source in _RUNNING_STATES),
+    *(Transition(Trigger.FAIL, source, State.DRAINING) for source in _RUNNING_STATES),
+    Transition(Trigger.SHUTDOWN, State.DRAINING, State.STOPPED),
+)
+
+INITIAL_STATE: Final = State.IDLE
+TERMINAL_STATES: Final = frozenset({State.STOPPED})
+
+#: Called after every move with ``(source, dest, trigger)``.
+TransitionHook = Callable[[State, State, Trigger], None]
+
+
+class IllegalTransition(RuntimeError):
+    """A move the table does not declare: always a bug in the caller."""
+
+
+class _Model:
+    """The object ``transitions`` attaches its state attribute and trigger methods to."""
+
+    state: str
+
+
+class WorkerMachine:
+    """The legality checker and recorder for every move of the main loop."""
+
+    def __init__(self, hooks: tuple[TransitionHook, ...] = ()) -> None:
+        self._model = _Model()
+        self._machine = Machine(
+            model=self._model,
+            states=[state.value for state in State],
+            transitions=[
+                {"trigger": t.trigger.value, "source": t.source.value, "dest": t.dest.value}
+                for t in TRANSITIONS
+            ],
+            initial=INITIAL_STATE.value,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+        )
+        self._hooks = list(hooks)
+
+    @property
+    def state(self) -> State:
+        """The current state."""
+        return State(self._model.state)
+
+    def add_hook(self, hook: TransitionHook) -> None:
+        """Call ``hook`` after every move (the property tests and the story log use this)."""
+        self._hooks.append(hook)
+
+    def can(self, trigger: Trigger) -> bool:
+        """Whether ``trigger`` is declared from the current state."""
+        return any(t.trigger is trigger and t.source is self.state for t in TRANSITIONS)
+
+    def fire(self, trigger: Trigger) -> State:
+        """Take the declared move for ``trigger``; raise :class:`IllegalTransition` if none."""
+        source = self.state
+        try:
+            self._machine.events[trigger.value].trigger(self._model)
+        except MachineError as error:
+            raise IllegalTransition(
+                f"no transition {trigger.value!r} from state {source.value!r}"
+            ) from error
+        dest = self.state
+        for hook in self._hooks:
+            hook(source, dest, trigger)
+        return dest

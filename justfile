@@ -28,9 +28,17 @@ bench:
 protos:
     {{python}} -m worker.transport.codegen
 
+# Install Graphviz's `dot` (Debian/Ubuntu, as root), which `just statecharts` uses to render SVG.
+setup-graphviz:
+    apt-get update && apt-get install -y graphviz
+
 # Regenerate statecharts/ (Mermaid, DOT, and SVG when Graphviz's `dot` is installed).
 statecharts:
     {{python}} -m worker diagram
+
+# Regenerate the configuration reference block of docs/configuration.md from worker/config.py.
+config-reference:
+    {{python}} -m worker.config_reference
 
 # Build the documentation site strictly into site/.
 docs:

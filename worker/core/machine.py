@@ -18,6 +18,9 @@ from typing import Final
 import attrs
 from transitions import Machine, MachineError
 
+from worker.core.story import AssignmentKey, StoryLog
+from worker.model import SchedulerAssignment, SessionId
+
 __all__ = [
     "INITIAL_STATE",
     "TERMINAL_STATES",
@@ -108,7 +111,15 @@ class _Model:
 class WorkerMachine:
     """The legality checker and recorder for every move of the main loop."""
 
-    def __init__(self, hooks: tuple[TransitionHook, ...] = ()) -> None:
+    def __init__(
+        self,
+        hooks: tuple[TransitionHook, ...] = (),
+        *,
+        story: StoryLog | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._story = story
+        self._clock = clock
         self._model = _Model()
         self._machine = Machine(
             model=self._model,
@@ -136,16 +147,45 @@ class WorkerMachine:
         """Whether ``trigger`` is declared from the current state."""
         return any(t.trigger is trigger and t.source is self.state for t in TRANSITIONS)
 
-    def fire(self, trigger: Trigger) -> State:
-        """Take the declared move for ``trigger``; raise :class:`IllegalTransition` if none."""
+    def fire(
+        self,
+        trigger: Trigger,
+        *,
+        assignment: SchedulerAssignment | None = None,
+        session: SessionId | None = None,
+    ) -> State:
+        """Take the declared move for ``trigger``; raise :class:`IllegalTransition` if none.
+
+        Logs one structured line (from, to, trigger, assignment, session) and, when an
+        assignment is named and a story log is attached, appends the move to its story.
+        """
         source = self.state
         try:
             self._machine.events[trigger.value].trigger(self._model)
-        except MachineError as error:
+        except (MachineError, KeyError) as error:
             raise IllegalTransition(
                 f"no transition {trigger.value!r} from state {source.value!r}"
             ) from error
         dest = self.state
+        key: AssignmentKey | None = assignment.key if assignment is not None else None
+        logger.info(
+            "transition %s -> %s on %s",
+            source.value,
+            dest.value,
+            trigger.value,
+            extra={
+                "fields": {
+                    "from": source.value,
+                    "to": dest.value,
+                    "trigger": trigger.value,
+                    "assignment": None if key is None else f"{key[0]}/{key[1]}",
+                    "session": session,
+                }
+            },
+        )
+        if key is not None and self._story is not None:
+            now = self._clock() if self._clock is not None else 0.0
+            self._story.add(key, now, f"{source.value} -> {dest.value}", trigger.value)
         for hook in self._hooks:
             hook(source, dest, trigger)
         return dest

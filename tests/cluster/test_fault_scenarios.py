@@ -1,0 +1,243 @@
+"""The protocol.md §10 scenarios against the reference cluster, with real worker processes:
+idle polling, storage restart seen first by a heartbeat / an assignment / ``NOT_FOUND``,
+``FAILED_PRECONDITION`` on registration, outages of either server, crashes, a second signal and
+an expired drain deadline."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.harness import E2E, TASKS_DIR, wait_for
+from worker.cluster.jobs import JobBuilder, TaskTimeouts
+from worker.cluster.servers import Delay, Fail
+from worker.cluster.storage import JobState
+from worker.errors import StatusCode
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+#: Heartbeats so slow that, within a test, the worker learns nothing from them after boot.
+SILENT_LIVENESS = {
+    "liveness": {"storage_heartbeat_interval_sec": 60, "scheduler_heartbeat_interval_sec": 0.1}
+}
+
+
+@pytest.fixture
+def e2e(tmp_path: Path) -> Iterator[E2E]:
+    harness = E2E(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
+        leftovers = {w.name: w.leftovers() for w in harness.workers if w.leftovers()}
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+class Requests:
+    """Records every request an observed server answered."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, Any, Any]] = []
+
+    def __call__(self, rpc: str, request: Any, response: Any, started: float, done: float) -> None:
+        with self.lock:
+            self.seen.append((rpc, request, response))
+
+    def of(self, rpc: str) -> list[tuple[Any, Any]]:
+        with self.lock:
+            return [(req, resp) for name, req, resp in self.seen if name == rpc]
+
+
+def _one_task(name: str, function: str = "echo", inputs: list[object] | None = None) -> JobBuilder:
+    return JobBuilder(name, package_dir=TASKS_DIR).task(
+        "t", "cluster_tasks", function, [1] if inputs is None else inputs
+    )
+
+
+def test_idle_worker_polls_repeatedly_without_repeating_a_record(e2e: E2E) -> None:
+    requests = Requests()
+    e2e.cluster.scheduler_server.hooks.observer = requests
+    worker, _ = e2e.start_worker()
+    job_id = e2e.submit(_one_task("first").build())
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED
+    wait_for(lambda: len(requests.of("NextTask")) >= 8, 60, "several idle polls")
+    polls = requests.of("NextTask")
+    carried = [req for req, _ in polls if req.HasField("prev_assignment")]
+    # The one assignment is acked exactly once; every other poll carries nothing.
+    assert len(carried) == 1
+    assert [r.wait_time_ms for r, _ in polls] == [200] * len(polls)
+    assert sum(1 for _, resp in polls if resp.WhichOneof("result") == "no_task") >= 6
+    assert e2e.cluster.scheduler.acks_skipped == []
+    assert worker.poll() is None
+
+
+def test_storage_restart_seen_first_by_a_heartbeat(e2e: E2E) -> None:
+    requests = Requests()
+    e2e.cluster.storage_server.hooks.observer = requests
+    e2e.start_worker()
+    new_session = e2e.cluster.restart_storage()
+    wait_for(
+        lambda: any(
+            resp.session_id == new_session
+            for _, resp in requests.of("UpdateExecutionManagerHeartbeat")
+        ),
+        30,
+        "a heartbeat reply with the new session",
+    )
+    job_id = e2e.submit(_one_task("after-restart").build())
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED
+    (register, _), *_ = requests.of("RegisterTaskInstance")
+    assert register.session_id == new_session
+
+
+def test_storage_restart_seen_first_by_an_assignment(e2e: E2E) -> None:
+    requests = Requests()
+    e2e.cluster.storage_server.hooks.observer = requests
+    worker, _ = e2e.start_worker(**SILENT_LIVENESS)
+    wait_for(lambda: bool(requests.of("UpdateExecutionManagerHeartbeat")), 30, "first heartbeat")
+    heartbeats_before = len(requests.of("UpdateExecutionManagerHeartbeat"))
+    new_session = e2e.cluster.restart_storage()
+    job_id = e2e.submit(_one_task("new-session-assignment").build())
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED
+    # A newer session in an assignment triggers a refresh heartbeat; registration uses it.
+    assert len(requests.of("UpdateExecutionManagerHeartbeat")) > heartbeats_before
+    assert [req.session_id for req, _ in requests.of("RegisterTaskInstance")] == [new_session]
+    assert worker.poll() is None
+
+
+def test_storage_restart_seen_first_by_not_found(e2e: E2E) -> None:
+    hooks = e2e.cluster.storage_server.hooks
+    requests = Requests()
+    hooks.observer = requests
+    e2e.start_worker(**SILENT_LIVENESS)
+    hooks.script("RegisterTaskInstance", Delay(1.0))
+    job_id = e2e.submit(_one_task("stale").build())
+    wait_for(lambda: hooks.calls["RegisterTaskInstance"] >= 1, 60, "the delayed registration")
+    old_session = e2e.cluster.storage.session_id
+    e2e.cluster.restart_storage()
+    # The delayed registration carries the old session: NOT_FOUND, the worker refreshes,
+    # acks and drops it; the restarted job runs from scratch in the new session.
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED
+    sessions = [req.session_id for req, _ in requests.of("RegisterTaskInstance")]
+    assert sessions[-1] == old_session + 1
+    assert old_session not in sessions  # the old-session call never completed OK
+    assert hooks.calls["RegisterTaskInstance"] == 2
+    stale_ack = e2e.cluster.scheduler.dispatch_log[0][1].id
+    assert stale_ack in {a.assignment_id for a in e2e.cluster.scheduler.acks_completed}
+
+
+def test_failed_precondition_on_registration_is_acked_and_dropped(e2e: E2E) -> None:
+    hooks = e2e.cluster.storage_server.hooks
+    hooks.script("RegisterTaskInstance", Fail(StatusCode.FAILED_PRECONDITION, "task is terminal"))
+    worker, em_id = e2e.start_worker()
+    job_id = e2e.submit(_one_task("dropped").build())
+    wait_for(lambda: bool(e2e.cluster.scheduler.dispatch_log), 30, "the dispatch")
+    delivered = e2e.cluster.scheduler.dispatch_log[0][1]
+    wait_for(
+        lambda: delivered.id in {a.assignment_id for a in e2e.cluster.scheduler.acks_completed},
+        30,
+        "the ack of the dropped assignment",
+    )
+    # Not executed: no instance, no report; the worker carries on.
+    assert e2e.cluster.storage.live_instances() == {}
+    assert e2e.cluster.storage.task_rows(job_id)[0].attempts == 0
+    assert worker.poll() is None
+    assert e2e.cluster.scheduler.outstanding()[em_id] == []
+    e2e.cluster.storage.cancel_job(job_id)
+
+
+def test_executor_crash_is_reported_with_its_exit_status(e2e: E2E) -> None:
+    e2e.start_worker()
+    job_id = e2e.submit(_one_task("crash", "crash", [3]).build())
+    assert e2e.wait_job(job_id) is JobState.FAILED
+    assert e2e.cluster.storage.job_error(job_id) == "executor crashed (exit_status = 3)"
+    follow_up = e2e.submit(_one_task("after-crash").build())
+    assert e2e.wait_job(follow_up) is JobState.SUCCEEDED
+
+
+def _sleepy(count: int, seconds: float) -> JobBuilder:
+    builder = JobBuilder("outage", package_dir=TASKS_DIR)
+    for index in range(count):
+        builder.task(f"t{index}", "cluster_tasks", "sleepy", [seconds, index])
+    return builder
+
+
+@pytest.fixture
+def patient(tmp_path: Path) -> Iterator[E2E]:
+    """A cluster whose reaper waits 15 s: a short outage must not get the worker evicted."""
+    harness = E2E(tmp_path, stale_cutoff_sec=15.0)
+    try:
+        yield harness
+    finally:
+        harness.close()
+        assert not [w.name for w in harness.workers if w.leftovers()]
+
+
+def test_storage_outage_loses_no_report(patient: E2E) -> None:
+    e2e = patient
+    worker, em_id = e2e.start_worker()
+    job_id = e2e.submit(_sleepy(6, 0.4).build())
+    wait_for(lambda: bool(e2e.instances_of(em_id)), 60, "a running task")
+    e2e.cluster.storage_outage(1.5)
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED, e2e.logs()
+    assert set(e2e.successes(job_id).values()) == {1}
+    assert all(row.failures == 0 for row in e2e.cluster.storage.task_rows(job_id))
+    assert worker.poll() is None
+
+
+def test_scheduler_outage_loses_no_record_and_workers_carry_on(patient: E2E) -> None:
+    e2e = patient
+    worker, _ = e2e.start_worker()
+    job_id = e2e.submit(_sleepy(6, 0.3).build())
+    wait_for(lambda: sum(e2e.successes(job_id).values()) >= 2, 60, "some progress")
+    e2e.cluster.restart_scheduler(downtime_sec=1.5)
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED, e2e.logs()
+    assert set(e2e.successes(job_id).values()) == {1}
+    assert worker.poll() is None
+
+
+def test_second_signal_mid_task_forces_exit_3_without_an_outcome(e2e: E2E) -> None:
+    victim, em_id = e2e.start_worker()
+    job_id = e2e.submit(
+        _one_task("forced", "sleepy", [30, 1]).task("u", "cluster_tasks", "echo", [2]).build()
+    )
+    wait_for(lambda: bool(e2e.instances_of(em_id)), 60, "the long task to start")
+    victim.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    victim.signal(signal.SIGTERM)
+    assert victim.wait(30) == 3, victim.log_text()
+    rows = {row.task: row for row in e2e.cluster.storage.task_rows(job_id)}
+    assert rows["index:0"].failures == 0
+    assert rows["index:0"].successes == 0
+    # Its record went out in Shutdown: nothing of it stays outstanding at the scheduler.
+    assert em_id not in e2e.cluster.scheduler.outstanding()
+    assert [a for em, a in e2e.cluster.scheduler.reschedule_log if em == em_id] == []
+    e2e.cluster.storage.cancel_job(job_id)
+
+
+def test_drain_deadline_expiry_forces_exit_3(e2e: E2E) -> None:
+    victim, em_id = e2e.start_worker(shutdown={"drain_timeout_sec": 0.5})
+    job_id = e2e.submit(
+        JobBuilder("deadline", package_dir=TASKS_DIR)
+        .task("t", "cluster_tasks", "sleepy", [30, 1], timeout=TaskTimeouts(40_000, 60_000))
+        .build()
+    )
+    wait_for(lambda: bool(e2e.instances_of(em_id)), 60, "the long task to start")
+    started = time.monotonic()
+    victim.signal(signal.SIGTERM)
+    assert victim.wait(30) == 3, victim.log_text()
+    assert time.monotonic() - started < 25
+    assert e2e.cluster.storage.task_rows(job_id)[0].successes == 0
+    # Storage reaps the silent worker and re-enqueues the task without spending a retry.
+    wait_for(
+        lambda: e2e.cluster.storage.task_rows(job_id)[0].state == "ready", 30, "the re-enqueue"
+    )
+    assert e2e.cluster.storage.task_rows(job_id)[0].failures == 0
+    e2e.cluster.storage.cancel_job(job_id)

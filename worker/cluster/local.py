@@ -1,0 +1,320 @@
+"""``python -m worker local [JOBFILE] [--workers N]``: the embedded default.
+
+Starts the reference cluster in this process on loopback (database in a temporary directory or
+``--db``), N worker processes (``python -m worker -c <generated config>``), runs the job (the
+bundled Fibonacci fan-out when no JOBFILE is given) with a live progress bar, prints a summary and
+exits with one of :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import msgpack
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from worker.cluster.codec import FrameError, decode_task_outputs
+from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.jobs import Job, JobError, load_job_file
+from worker.cluster.processes import WorkerProcess
+from worker.cluster.scheduler import SchedulerSettings
+from worker.cluster.storage import JobState, StorageSettings
+from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
+
+__all__ = ["EXIT_CODES", "LocalRun", "main", "run_local"]
+
+EXIT_SUCCEEDED: Final = 0
+EXIT_JOB_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_TIMEOUT: Final = 3
+EXIT_NO_WORKERS: Final = 4
+EXIT_INTERRUPTED: Final = 130
+#: How long worker processes get to start and register before the job is submitted anyway.
+BOOT_TIMEOUT_SEC: Final = 60.0
+
+#: ``python -m worker local`` exit codes (documented in docs/local-cluster.md).
+EXIT_CODES: Final = {
+    EXIT_SUCCEEDED: "the job succeeded",
+    EXIT_JOB_FAILED: "the job failed or was cancelled",
+    EXIT_USAGE: "bad command line or job file",
+    EXIT_TIMEOUT: "the job did not finish within --timeout",
+    EXIT_NO_WORKERS: "every worker exited before the job finished",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+@attrs.frozen(slots=True)
+class LocalRun:
+    """What a local run produced (returned by :func:`run_local`, printed by :func:`main`)."""
+
+    exit_code: int
+    job_id: int
+    state: JobState
+    state_counts: dict[str, int]
+    sink_outputs: list[Any]
+    error: str
+    wall_sec: float
+    tasks_done: int
+    worker_exit_codes: dict[str, int | None]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker local",
+        description="Run a job on an embedded local cluster with N worker processes.",
+        epilog="Exit codes: "
+        + "; ".join(f"{code} = {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    parser.add_argument(
+        "jobfile", nargs="?", type=Path, help="YAML job file (default: the bundled example)"
+    )
+    parser.add_argument("--workers", "-n", type=int, default=2, help="worker processes (2)")
+    parser.add_argument("--db", type=Path, help="SQLite database (default: a temporary file)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep worker configs and logs here (default: temporary)"
+    )
+    parser.add_argument("--poll-wait-ms", type=int, default=1000, help="workers' long poll (1000)")
+    parser.add_argument(
+        "--heartbeat-sec", type=float, default=1.0, help="workers' heartbeat interval (1.0)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    return parser
+
+
+def _decode_values(payloads: list[bytes]) -> list[Any]:
+    return [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in payloads]
+
+
+def _sink_outputs(cluster: EmbeddedCluster, job_id: int) -> list[Any]:
+    raw = cluster.storage.job_outputs(job_id)
+    if not raw:
+        return []
+    try:
+        return _decode_values(decode_task_outputs(raw))
+    except (FrameError, ValueError):
+        return ["<undecodable>"]
+
+
+@contextlib.contextmanager
+def _workdir(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="worker-local-") as name:
+        yield Path(name)
+
+
+def run_local(
+    job: Job,
+    *,
+    workers: int,
+    timeout_sec: float,
+    workdir: Path,
+    database: Path | None = None,
+    poll_wait_ms: int = 1000,
+    heartbeat_sec: float = 1.0,
+    console: Console | None = None,
+    progress: bool = True,
+) -> LocalRun:
+    """Run ``job`` on an embedded cluster with ``workers`` worker processes."""
+    console = console or Console(stderr=True)
+    settings = ClusterSettings(
+        database=database or workdir / "cluster.db",
+        storage=StorageSettings(
+            execution_manager_stale_cutoff_sec=max(10.0, 5 * heartbeat_sec), gc_interval_sec=1.0
+        ),
+        scheduler=SchedulerSettings(dead_em_cutoff_sec=max(10.0, 5 * heartbeat_sec)),
+    )
+    package_dir = job.package_dir or EXAMPLES_DIR
+    started = finished = time.monotonic()
+    processes: list[WorkerProcess] = []
+    with EmbeddedCluster(settings) as cluster:
+        try:
+            config = cluster.worker_config(
+                package_dir, poll_wait_ms=poll_wait_ms, heartbeat_sec=heartbeat_sec
+            )
+            for number in range(workers):
+                processes.append(WorkerProcess(f"worker-{number + 1}", config, workdir))
+            _wait_registered(cluster, processes, timeout_sec=min(timeout_sec, BOOT_TIMEOUT_SEC))
+            started = time.monotonic()
+            job_id = cluster.submit(job)
+            state, exit_code = _follow(
+                cluster, job, job_id, processes, timeout_sec, console, progress
+            )
+            finished = time.monotonic()
+        finally:
+            worker_codes = {p.name: p.stop(timeout_sec=30) for p in processes}
+            for process in processes:
+                process.close()
+        wall = finished - started
+        counts = cluster.storage.task_state_counts(job_id)
+        return LocalRun(
+            exit_code=exit_code,
+            job_id=job_id,
+            state=state,
+            state_counts=counts,
+            sink_outputs=_sink_outputs(cluster, job_id),
+            error=cluster.storage.job_error(job_id),
+            wall_sec=wall,
+            tasks_done=counts.get("succeeded", 0),
+            worker_exit_codes=worker_codes,
+        )
+
+
+def _wait_registered(
+    cluster: EmbeddedCluster, processes: list[WorkerProcess], timeout_sec: float
+) -> None:
+    """Wait until every worker registered with storage (or exited), so that the clock measures
+    the job and a worker is never stopped half-booted."""
+    deadline = time.monotonic() + timeout_sec
+    while time.monotonic() < deadline:
+        running = sum(1 for p in processes if p.poll() is None)
+        if running == 0 or len(cluster.storage.db.ems()) >= len(processes):
+            return
+        time.sleep(0.02)
+
+
+def _follow(
+    cluster: EmbeddedCluster,
+    job: Job,
+    job_id: int,
+    processes: list[WorkerProcess],
+    timeout_sec: float,
+    console: Console,
+    progress_enabled: bool,
+) -> tuple[JobState, int]:
+    total = len(job.tasks) + (1 if job.commit is not None else 0)
+    deadline = time.monotonic() + timeout_sec
+    started = time.monotonic()
+    live = progress_enabled and console.is_terminal
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} done"),
+        TextColumn("{task.fields[failed]} failed, {task.fields[running]} running"),
+        TextColumn("{task.fields[rate]:.1f} tasks/s"),
+        TimeElapsedColumn(),
+    )
+    last_line = 0.0
+    with Progress(*columns, console=console, disable=not live) as bar:
+        handle = bar.add_task(job.name, total=total, failed=0, running=0, rate=0.0)
+        while True:
+            state = cluster.storage.job_state(job_id)
+            counts = cluster.storage.task_state_counts(job_id)
+            done = counts.get("succeeded", 0)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bar.update(
+                handle,
+                completed=done,
+                failed=counts.get("failed", 0),
+                running=counts.get("running", 0),
+                rate=done / elapsed,
+            )
+            if not live and progress_enabled and time.monotonic() - last_line >= 2.0:
+                last_line = time.monotonic()
+                console.print(f"{job.name}: {done}/{total} done, state {state.name}")
+            if state.terminal:
+                return state, EXIT_SUCCEEDED if state is JobState.SUCCEEDED else EXIT_JOB_FAILED
+            if all(p.poll() is not None for p in processes):
+                return state, EXIT_NO_WORKERS
+            if time.monotonic() >= deadline:
+                return state, EXIT_TIMEOUT
+            time.sleep(0.1)
+
+
+def _summary(run: LocalRun, console: Console, job: Job, workdir: Path | None) -> None:
+    table = Table(title=f"job {run.job_id} ({job.name}): {run.state.name}")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for state in ("succeeded", "failed", "running", "ready", "pending", "cancelled"):
+        if run.state_counts.get(state):
+            table.add_row(f"tasks {state}", str(run.state_counts[state]))
+    table.add_row("sink outputs", ", ".join(repr(value) for value in run.sink_outputs) or "-")
+    if run.error:
+        table.add_row("error", run.error)
+    table.add_row("wall time", f"{run.wall_sec:.2f} s")
+    table.add_row("throughput", f"{run.tasks_done / max(run.wall_sec, 1e-6):.1f} tasks/s")
+    table.add_row(
+        "worker exit codes",
+        ", ".join(f"{name}={code}" for name, code in run.worker_exit_codes.items()),
+    )
+    if workdir is not None:
+        table.add_row("worker logs", str(workdir))
+    table.add_row("exit code", f"{run.exit_code} ({EXIT_CODES[run.exit_code]})")
+    console.print(table)
+
+
+class _FieldsFormatter(logging.Formatter):
+    """Plain text plus the record's structured ``fields`` as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The formatted line with its fields appended."""
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        return text
+
+
+@contextlib.contextmanager
+def _cluster_log(path: Path) -> Iterator[None]:
+    """Send the cluster's own log records to ``path`` (the console shows progress only)."""
+    cluster_logger = logging.getLogger("worker.cluster")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    cluster_logger.addHandler(handler)
+    cluster_logger.setLevel(logging.INFO)
+    cluster_logger.propagate = False
+    try:
+        yield
+    finally:
+        cluster_logger.removeHandler(handler)
+        cluster_logger.propagate = True
+        handler.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``python -m worker local``."""
+    args = _parser().parse_args(list(argv))
+    console = Console()
+    if args.workers < 1:
+        console.print("local: --workers must be at least 1")
+        return EXIT_USAGE
+    try:
+        job = load_job_file(args.jobfile or FIBONACCI_JOB)
+    except JobError as error:
+        console.print(f"local: {error}", markup=False)
+        return EXIT_USAGE
+    # SIGTERM behaves like Ctrl-C, so the finally blocks stop every worker.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with _workdir(args.workdir) as workdir, _cluster_log(workdir / "cluster.log"):
+            run = run_local(
+                job,
+                workers=args.workers,
+                timeout_sec=args.timeout,
+                workdir=workdir,
+                database=args.db,
+                poll_wait_ms=args.poll_wait_ms,
+                heartbeat_sec=args.heartbeat_sec,
+                console=Console(stderr=True),
+                progress=not args.no_progress,
+            )
+            _summary(run, console, job, args.workdir)
+    except KeyboardInterrupt:
+        console.print("local: interrupted; workers stopped")
+        return EXIT_INTERRUPTED
+    return run.exit_code

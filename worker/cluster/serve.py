@@ -1,0 +1,84 @@
+"""``python -m worker cluster``: serve the reference storage and scheduler until stopped.
+
+Both run in this process (the scheduler pulls ready work from storage in process, protocol.md §7
+[O]); storage persists to ``--db``. Stop with Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.scheduler import SchedulerSettings
+from worker.cluster.storage import StorageSettings
+
+__all__ = ["DEFAULT_SCHEDULER_PORT", "DEFAULT_STORAGE_PORT", "main"]
+
+DEFAULT_STORAGE_PORT: Final = 50052
+DEFAULT_SCHEDULER_PORT: Final = 50051
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker cluster",
+        description="Serve the reference scheduler and storage (SQLite) until stopped.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--storage-port", type=int, default=DEFAULT_STORAGE_PORT)
+    parser.add_argument("--scheduler-port", type=int, default=DEFAULT_SCHEDULER_PORT)
+    parser.add_argument("--db", type=Path, default=Path("cluster.db"), help="SQLite database")
+    parser.add_argument("--stale-cutoff-sec", type=float, default=10.0, help="storage reaper")
+    parser.add_argument("--gc-interval-sec", type=float, default=1.0, help="storage GC period")
+    parser.add_argument("--job-retention-sec", type=float, default=300.0)
+    parser.add_argument("--dead-em-cutoff-sec", type=float, default=10.0, help="scheduler")
+    parser.add_argument("--liveness-interval-ms", type=int, default=250, help="scheduler")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``python -m worker cluster``."""
+    args = _parser().parse_args(list(argv))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = ClusterSettings(
+        database=args.db,
+        host=args.host,
+        storage_port=args.storage_port,
+        scheduler_port=args.scheduler_port,
+        storage=StorageSettings(
+            execution_manager_stale_cutoff_sec=args.stale_cutoff_sec,
+            gc_interval_sec=args.gc_interval_sec,
+            terminated_job_retention_sec=args.job_retention_sec,
+        ),
+        scheduler=SchedulerSettings(
+            dead_em_cutoff_sec=args.dead_em_cutoff_sec,
+            liveness_tracking_interval_ms=args.liveness_interval_ms,
+        ),
+    )
+    try:
+        cluster = EmbeddedCluster(settings)
+    except OSError as error:
+        print(f"cluster: {error}")
+        return 1
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    with cluster:
+        print(
+            f"storage on {args.host}:{cluster.storage_port}, scheduler on "
+            f"{args.host}:{cluster.scheduler_port}, session {cluster.storage.session_id}, "
+            f"database {args.db}",
+            flush=True,
+        )
+        while not stopped.wait(1.0):
+            pass
+    print("cluster stopped", flush=True)
+    return 0

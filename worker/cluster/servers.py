@@ -1,0 +1,625 @@
+"""gRPC servicers over the storage and scheduler engines, with the test hooks of protocol.md §8.7.
+
+The servicers only translate: protobuf in, engine call, protobuf out, :class:`StorageFault` to a
+status. :class:`FaultHooks` lets a test script a status, a delay or a malformed response for the
+next calls of any RPC, or delay every call of an RPC (to widen a window).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import attrs
+import grpc
+
+from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine
+from worker.cluster.storage import Lane, StorageEngine, StorageFault
+from worker.errors import StatusCode
+from worker.model import TaskId
+from worker.transport._generated.common import common_pb2
+from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
+from worker.transport.convert import task_id_to_proto
+
+__all__ = [
+    "Delay",
+    "Fail",
+    "FaultHooks",
+    "Malformed",
+    "SchedulerServer",
+    "StorageServer",
+    "task_id_or_none",
+]
+
+log = logging.getLogger("worker.cluster.servers")
+
+#: gRPC's default server receive limit, kept as Spider's servers keep it.
+SERVER_RECEIVE_LIMIT = 4 * 1024 * 1024
+_Response = TypeVar("_Response")
+
+
+@attrs.frozen(slots=True)
+class Fail:
+    """Answer the call with ``code`` (a delay first, e.g. to provoke ``DEADLINE_EXCEEDED``)."""
+
+    code: StatusCode
+    message: str = "scripted failure"
+    delay_sec: float = 0.0
+
+
+@attrs.frozen(slots=True)
+class Delay:
+    """Sleep ``seconds`` before serving the call normally."""
+
+    seconds: float
+
+
+@attrs.frozen(slots=True)
+class Malformed:
+    """Serve the call, then drop ``field`` from the response.
+
+    ``field``: ``"registration"``, ``"execution_context"``, ``"tdl_context"``,
+    ``"timeout_policy"`` or ``"result"`` (``NextTask``'s oneof).
+    """
+
+    field: str
+
+
+Action = Fail | Delay | Malformed
+
+
+class FaultHooks:
+    """Scripted per-RPC behaviour; RPCs are named by method, e.g. ``"RegisterTaskInstance"``."""
+
+    def __init__(self) -> None:
+        """No script: every call is served normally."""
+        self._lock = threading.Lock()
+        self._scripts: dict[str, collections.deque[Action]] = collections.defaultdict(
+            collections.deque
+        )
+        self._always: dict[str, float] = {}
+        self.calls: collections.Counter[str] = collections.Counter()
+        #: Called after every successful call as ``(rpc, request, response, started, finished)``
+        #: (``time.perf_counter`` seconds), e.g. by the benchmark; None = no observation.
+        self.observer: Callable[[str, Any, Any, float, float], None] | None = None
+
+    def script(self, rpc: str, *actions: Action) -> None:
+        """Apply ``actions`` to the next calls of ``rpc``, one per call, in order."""
+        with self._lock:
+            self._scripts[rpc].extend(actions)
+
+    def delay_always(self, rpc: str, seconds: float) -> None:
+        """Delay every later call of ``rpc`` by ``seconds`` (0 removes the delay)."""
+        with self._lock:
+            if seconds > 0:
+                self._always[rpc] = seconds
+            else:
+                self._always.pop(rpc, None)
+
+    def clear(self) -> None:
+        """Forget every script and delay."""
+        with self._lock:
+            self._scripts.clear()
+            self._always.clear()
+
+    def take(self, rpc: str) -> tuple[float, Action | None]:
+        """``(delay, action)`` for one call of ``rpc``."""
+        with self._lock:
+            self.calls[rpc] += 1
+            queue = self._scripts.get(rpc)
+            action = queue.popleft() if queue else None
+            return self._always.get(rpc, 0.0), action
+
+
+def _abort(context: grpc.ServicerContext, code: StatusCode, message: str) -> None:
+    context.abort(grpc.StatusCode[code.name], message)
+
+
+def task_id_or_none(request: Any) -> TaskId | None:
+    """The request's ``task_id`` as a model value, None when missing or kind-less."""
+    if not request.HasField("task_id"):
+        return None
+    kind = request.task_id.WhichOneof("kind")
+    if kind == "index":
+        return TaskId.of_index(request.task_id.index)
+    if kind == "commit":
+        return TaskId.commit()
+    if kind == "cleanup":
+        return TaskId.cleanup()
+    return None
+
+
+class _Hooked:
+    """Shared call wrapper: apply the hooks, map faults to statuses, keep serving on bugs."""
+
+    def __init__(self, hooks: FaultHooks) -> None:
+        self.hooks = hooks
+
+    def _serve(
+        self,
+        rpc: str,
+        context: grpc.ServicerContext,
+        handler: Callable[[], _Response],
+        malform: Callable[[Any, str], None] | None = None,
+        request: Any = None,
+    ) -> _Response:
+        started = time.perf_counter()
+        delay, action = self.hooks.take(rpc)
+        if isinstance(action, Delay):
+            delay += action.seconds
+        if isinstance(action, Fail):
+            delay += action.delay_sec
+        if delay > 0:
+            time.sleep(delay)
+        if isinstance(action, Fail):
+            _abort(context, action.code, action.message)
+        try:
+            response = handler()
+        except StorageFault as fault:
+            log.info(
+                "request rejected",
+                extra={"fields": {"rpc": rpc, "code": fault.code.name, "detail": fault.message}},
+            )
+            _abort(context, fault.code, fault.message)
+            raise AssertionError("unreachable") from None  # abort raises
+        except SchedulerClosed:
+            _abort(context, StatusCode.INTERNAL, "scheduler is shutting down")
+            raise AssertionError("unreachable") from None
+        except Exception:
+            # A bug must not take the service down: answer INTERNAL and keep serving.
+            log.exception("internal error", extra={"fields": {"rpc": rpc}})
+            _abort(context, StatusCode.INTERNAL, "internal error")
+            raise AssertionError("unreachable") from None
+        if isinstance(action, Malformed) and malform is not None:
+            malform(response, action.field)
+        observer = self.hooks.observer
+        if observer is not None:
+            observer(rpc, request, response, started, time.perf_counter())
+        return response
+
+
+def _clear(message: Any, field: str) -> None:
+    if field == "tdl_context" or field == "timeout_policy":
+        message.execution_context.ClearField(field)
+    else:
+        message.ClearField(field)
+
+
+class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def RegisterTaskInstance(
+        self, request: storage_pb2.RegisterTaskInstanceRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RegisterTaskInstanceResponse:
+        def handle() -> storage_pb2.RegisterTaskInstanceResponse:
+            info = self.engine.register_task_instance(
+                request.job_id,
+                task_id_or_none(request),
+                request.execution_manager_id,
+                request.session_id,
+            )
+            return storage_pb2.RegisterTaskInstanceResponse(
+                execution_context=storage_pb2.ExecutionContext(
+                    task_instance_id=info.task_instance_id,
+                    tdl_context=storage_pb2.TdlContext(
+                        package=info.package, task_func=info.task_func
+                    ),
+                    timeout_policy=storage_pb2.TimeoutPolicy(
+                        soft_timeout_ms=info.soft_timeout_ms, hard_timeout_ms=info.hard_timeout_ms
+                    ),
+                    serialized_task_io=info.serialized_task_io,
+                )
+            )
+
+        return self._serve("RegisterTaskInstance", context, handle, _clear, request=request)
+
+    def ReportTaskSuccess(
+        self, request: storage_pb2.ReportTaskSuccessRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Void:
+        def handle() -> common_pb2.Void:
+            self.engine.report_success(
+                request.job_id,
+                task_id_or_none(request),
+                request.task_instance_id,
+                request.session_id,
+                request.serialized_outputs,
+            )
+            return common_pb2.Void()
+
+        return self._serve("ReportTaskSuccess", context, handle, request=request)
+
+    def ReportTaskFailure(
+        self, request: storage_pb2.ReportTaskFailureRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Void:
+        def handle() -> common_pb2.Void:
+            self.engine.report_failure(
+                request.job_id,
+                task_id_or_none(request),
+                request.task_instance_id,
+                request.session_id,
+                request.error_message,
+            )
+            return common_pb2.Void()
+
+        return self._serve("ReportTaskFailure", context, handle, request=request)
+
+
+class _Liveness(_Hooked, storage_pb2_grpc.ExecutionManagerLivenessServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def RegisterExecutionManager(
+        self, request: storage_pb2.RegisterExecutionManagerRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RegisterExecutionManagerResponse:
+        def handle() -> storage_pb2.RegisterExecutionManagerResponse:
+            em_id, session = self.engine.register_execution_manager(request.ip_address)
+            return storage_pb2.RegisterExecutionManagerResponse(
+                registration=storage_pb2.ExecutionManagerRegistration(
+                    execution_manager_id=em_id, session_id=session
+                )
+            )
+
+        return self._serve("RegisterExecutionManager", context, handle, _clear, request=request)
+
+    def UpdateExecutionManagerHeartbeat(
+        self, request: storage_pb2.ExecutionManagerIdRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.UpdateExecutionManagerHeartbeatResponse:
+        def handle() -> storage_pb2.UpdateExecutionManagerHeartbeatResponse:
+            session = self.engine.heartbeat(request.execution_manager_id)
+            return storage_pb2.UpdateExecutionManagerHeartbeatResponse(session_id=session)
+
+        return self._serve("UpdateExecutionManagerHeartbeat", context, handle, request=request)
+
+
+def _state_response(engine: StorageEngine, job_id: int) -> storage_pb2.JobStateResponse:
+    state = storage_pb2.JobState.ValueType(int(engine.job_state(job_id)))
+    return storage_pb2.JobStateResponse(state=state)
+
+
+class _Jobs(_Hooked, storage_pb2_grpc.JobOrchestrationServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def RegisterJob(
+        self, request: storage_pb2.RegisterJobRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RegisterJobResponse:
+        def handle() -> storage_pb2.RegisterJobResponse:
+            job_id = self.engine.register_job(
+                request.resource_group_id,
+                request.compressed_serialized_task_graph,
+                request.compressed_serialized_inputs,
+            )
+            return storage_pb2.RegisterJobResponse(job_id=job_id)
+
+        return self._serve("RegisterJob", context, handle, request=request)
+
+    def StartJob(
+        self, request: storage_pb2.JobIdRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.JobStateResponse:
+        def handle() -> storage_pb2.JobStateResponse:
+            self.engine.start_job(request.job_id)
+            return _state_response(self.engine, request.job_id)
+
+        return self._serve("StartJob", context, handle, request=request)
+
+    def CancelJob(
+        self, request: storage_pb2.JobIdRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.JobStateResponse:
+        def handle() -> storage_pb2.JobStateResponse:
+            self.engine.cancel_job(request.job_id)
+            return _state_response(self.engine, request.job_id)
+
+        return self._serve("CancelJob", context, handle, request=request)
+
+    def GetJobState(
+        self, request: storage_pb2.JobIdRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.JobStateResponse:
+        def handle() -> storage_pb2.JobStateResponse:
+            return _state_response(self.engine, request.job_id)
+
+        return self._serve("GetJobState", context, handle, request=request)
+
+    def GetJobOutputs(
+        self, request: storage_pb2.JobIdRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.JobOutputsResponse:
+        def handle() -> storage_pb2.JobOutputsResponse:
+            outputs = self.engine.job_outputs(request.job_id)
+            return storage_pb2.JobOutputsResponse(serialized_outputs=outputs)
+
+        return self._serve("GetJobOutputs", context, handle, request=request)
+
+    def GetJobError(
+        self, request: storage_pb2.JobIdRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.JobErrorResponse:
+        def handle() -> storage_pb2.JobErrorResponse:
+            return storage_pb2.JobErrorResponse(error_message=self.engine.job_error(request.job_id))
+
+        return self._serve("GetJobError", context, handle, request=request)
+
+
+class _Inbound(_Hooked, storage_pb2_grpc.InboundQueueServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def _poll(
+        self, rpc: str, lane: Lane, request: Any, context: grpc.ServicerContext
+    ) -> storage_pb2.PollReadyTasksResponse:
+        def handle() -> storage_pb2.PollReadyTasksResponse:
+            session, entries = self.engine.poll_ready(
+                (lane,), request.max_items, request.wait_ms / 1000
+            )
+            return storage_pb2.PollReadyTasksResponse(
+                tasks=storage_pb2.ReadyTasks(
+                    session_id=session,
+                    tasks=[
+                        storage_pb2.ReadyTask(
+                            resource_group_id=e.resource_group_id,
+                            job_id=e.job_id,
+                            task_id=task_id_to_proto(e.task_id),
+                        )
+                        for e in entries
+                    ],
+                )
+            )
+
+        return self._serve(rpc, context, handle)
+
+    def PollReadyTasks(
+        self, request: storage_pb2.PollReadyTasksRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.PollReadyTasksResponse:
+        return self._poll("PollReadyTasks", Lane.REGULAR, request, context)
+
+    def PollReadyCommitTasks(
+        self, request: storage_pb2.PollReadyTasksRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.PollReadyTasksResponse:
+        return self._poll("PollReadyCommitTasks", Lane.COMMIT, request, context)
+
+    def PollReadyCleanupTasks(
+        self, request: storage_pb2.PollReadyTasksRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.PollReadyTasksResponse:
+        return self._poll("PollReadyCleanupTasks", Lane.CLEANUP, request, context)
+
+
+class _Groups(_Hooked, storage_pb2_grpc.ResourceGroupManagementServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def AddResourceGroup(
+        self, request: storage_pb2.AddResourceGroupRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.ResourceGroupIdResponse:
+        def handle() -> storage_pb2.ResourceGroupIdResponse:
+            group_id = self.engine.add_resource_group(request.external_resource_group_id)
+            return storage_pb2.ResourceGroupIdResponse(resource_group_id=group_id)
+
+        return self._serve("AddResourceGroup", context, handle, request=request)
+
+    def VerifyResourceGroup(
+        self, request: storage_pb2.VerifyResourceGroupRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Void:
+        def handle() -> common_pb2.Void:
+            self.engine.verify_resource_group(request.resource_group_id)
+            return common_pb2.Void()
+
+        return self._serve("VerifyResourceGroup", context, handle, request=request)
+
+
+class _SchedulerRegistration(_Hooked, storage_pb2_grpc.SchedulerRegistrationServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def RegisterScheduler(
+        self, request: storage_pb2.RegisterSchedulerRequest, context: grpc.ServicerContext
+    ) -> storage_pb2.RegisterSchedulerResponse:
+        def handle() -> storage_pb2.RegisterSchedulerResponse:
+            scheduler_id, session = self.engine.register_scheduler(request.host, request.port)
+            return storage_pb2.RegisterSchedulerResponse(
+                registration=storage_pb2.SchedulerRegistration(
+                    scheduler_id=scheduler_id, session_id=session
+                )
+            )
+
+        return self._serve("RegisterScheduler", context, handle, request=request)
+
+    def GetSchedulers(
+        self, request: common_pb2.Void, context: grpc.ServicerContext
+    ) -> storage_pb2.GetSchedulersResponse:
+        # As Spider's storage does (§8.6 [O]); the scheduler endpoint is static config.
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetSchedulers is not implemented")
+        raise AssertionError("unreachable")
+
+
+class _Sessions(_Hooked, storage_pb2_grpc.SessionManagementServiceServicer):
+    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def GetSession(
+        self, request: common_pb2.Void, context: grpc.ServicerContext
+    ) -> storage_pb2.GetSessionResponse:
+        return self._serve(
+            "GetSession",
+            context,
+            lambda: storage_pb2.GetSessionResponse(session_id=self.engine.session_id),
+        )
+
+
+class _Scheduler(_Hooked, scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(self, engine: SchedulerEngine, hooks: FaultHooks) -> None:
+        super().__init__(hooks)
+        self.engine = engine
+
+    def NextTask(
+        self, request: scheduler_pb2.NextTaskRequest, context: grpc.ServicerContext
+    ) -> scheduler_pb2.NextTaskResponse:
+        def handle() -> scheduler_pb2.NextTaskResponse:
+            ack: tuple[int, int] | None = None
+            if request.HasField("prev_assignment"):
+                ack = (request.prev_assignment.id, getattr(request.prev_assignment, "from"))
+            # A client that gives up (cancel, deadline) wakes the wait so the thread is freed.
+            context.add_callback(self.engine.wake)
+            assignment = self.engine.next_task(
+                request.execution_manager_id,
+                ack,
+                request.wait_time_ms / 1000,
+                is_cancelled=lambda: not context.is_active(),
+            )
+            if assignment is None:
+                return scheduler_pb2.NextTaskResponse(no_task=common_pb2.Void())
+            return scheduler_pb2.NextTaskResponse(
+                assignment=scheduler_pb2.SchedulerAssignment(
+                    id=assignment.id,
+                    resource_group_id=assignment.resource_group_id,
+                    job_id=assignment.job_id,
+                    task_id=task_id_to_proto(assignment.task_id),
+                    scheduler_id=assignment.scheduler_id,
+                    session_id=assignment.session_id,
+                )
+            )
+
+        def malform(response: scheduler_pb2.NextTaskResponse, field: str) -> None:
+            response.ClearField("assignment")
+            response.ClearField("no_task")
+
+        return self._serve("NextTask", context, handle, malform, request=request)
+
+    def Heartbeat(
+        self, request: scheduler_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Void:
+        def handle() -> common_pb2.Void:
+            self.engine.heartbeat(request.execution_manager_id)
+            return common_pb2.Void()
+
+        return self._serve("Heartbeat", context, handle, request=request)
+
+    def Shutdown(
+        self, request: scheduler_pb2.ShutdownRequest, context: grpc.ServicerContext
+    ) -> common_pb2.Void:
+        def handle() -> common_pb2.Void:
+            acks = [(r.id, getattr(r, "from")) for r in request.prev_assignments]
+            if not self.engine.shutdown(request.execution_manager_id, acks):
+                raise StorageFault(StatusCode.NOT_FOUND, "execution manager not found")
+            return common_pb2.Void()
+
+        return self._serve("Shutdown", context, handle, request=request)
+
+
+def _new_server(max_workers: int) -> grpc.Server:
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[("grpc.max_receive_message_length", SERVER_RECEIVE_LIMIT)],
+    )
+
+
+def _bind(server: grpc.Server, host: str, port: int) -> int:
+    bound = int(server.add_insecure_port(f"{host}:{port}"))
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    return bound
+
+
+class StorageServer:
+    """Every storage service of an engine on one gRPC port."""
+
+    def __init__(
+        self,
+        engine: StorageEngine,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_workers: int = 32,
+        hooks: FaultHooks | None = None,
+    ) -> None:
+        """Bind ``host:port`` (0 = any free port; see :attr:`port`) without serving yet."""
+        self.engine = engine
+        self.hooks = hooks or FaultHooks()
+        self._server = _new_server(max_workers)
+        storage_pb2_grpc.add_TaskInstanceManagementServiceServicer_to_server(
+            _TaskInstances(engine, self.hooks), self._server
+        )
+        storage_pb2_grpc.add_ExecutionManagerLivenessServiceServicer_to_server(
+            _Liveness(engine, self.hooks), self._server
+        )
+        storage_pb2_grpc.add_JobOrchestrationServiceServicer_to_server(
+            _Jobs(engine, self.hooks), self._server
+        )
+        storage_pb2_grpc.add_InboundQueueServiceServicer_to_server(
+            _Inbound(engine, self.hooks), self._server
+        )
+        storage_pb2_grpc.add_ResourceGroupManagementServiceServicer_to_server(
+            _Groups(engine, self.hooks), self._server
+        )
+        storage_pb2_grpc.add_SchedulerRegistrationServiceServicer_to_server(
+            _SchedulerRegistration(engine, self.hooks), self._server
+        )
+        storage_pb2_grpc.add_SessionManagementServiceServicer_to_server(
+            _Sessions(engine, self.hooks), self._server
+        )
+        self.host = host
+        self.port = _bind(self._server, host, port)
+        self._gc_stop = threading.Event()
+        self._gc_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve, and run a GC cycle every ``gc_interval_sec`` (the first one interval later)."""
+        self._server.start()
+        self._gc_thread = threading.Thread(target=self._gc_loop, name="storage-gc", daemon=True)
+        self._gc_thread.start()
+
+    def _gc_loop(self) -> None:
+        while not self._gc_stop.wait(self.engine.settings.gc_interval_sec):
+            try:
+                self.engine.collect()
+            except Exception:
+                log.exception("storage GC cycle failed")
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        """Stop serving and the GC thread."""
+        self._gc_stop.set()
+        self.engine.wake_pollers()
+        self._server.stop(grace).wait(5)
+        if self._gc_thread is not None:
+            self._gc_thread.join(timeout=5)
+
+
+class SchedulerServer:
+    """The ``SchedulerService`` of an engine on one gRPC port."""
+
+    def __init__(
+        self,
+        engine: SchedulerEngine,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_workers: int = 64,
+        hooks: FaultHooks | None = None,
+    ) -> None:
+        """Bind ``host:port`` (0 = any free port; see :attr:`port`) without serving yet."""
+        self.engine = engine
+        self.hooks = hooks or FaultHooks()
+        self._server = _new_server(max_workers)
+        scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+            _Scheduler(engine, self.hooks), self._server
+        )
+        self.host = host
+        self.port = _bind(self._server, host, port)
+
+    def start(self) -> None:
+        """Start the engine's threads and serve."""
+        self.engine.start()
+        self._server.start()
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        """Stop the engine (pollers get ``INTERNAL``) and the server."""
+        self.engine.stop()
+        self._server.stop(grace).wait(5)

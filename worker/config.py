@@ -1,0 +1,674 @@
+"""The worker's YAML configuration (protocol.md section 9.1, executor.md section 1).
+
+Spider's keys keep Spider's names and nesting, so a Spider worker configuration loads unchanged;
+our extension blocks are optional with documented defaults. The file is structured into frozen
+attrs classes by cattrs. Every field carries ``metadata["doc"]`` (a one-line description, from
+which the docs generate the key reference) and ``metadata["check"]`` (the validation of its raw
+YAML value, whose ``description`` is the accepted range).
+
+Errors are one line naming the key: ``config error: scheduler.port: must be an integer in
+1..65535, got 'abc'``. Unknown keys are not errors (a newer Spider key must not stop the worker);
+they are returned so the caller can warn about each one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import cattrs
+import cattrs.gen
+import yaml
+
+if TYPE_CHECKING:
+    from worker.executor.settings import PoolSettings
+    from worker.runtime.settings import RuntimeSettings
+
+__all__ = [
+    "ENV_OVERRIDES",
+    "BackoffConfig",
+    "ConfigError",
+    "Endpoint",
+    "GrpcConfig",
+    "LivenessConfig",
+    "LoadedConfig",
+    "LogConfig",
+    "ShutdownConfig",
+    "TaskExecutorConfig",
+    "WorkerConfig",
+    "load_config",
+    "parse_config",
+]
+
+#: Environment variables that override endpoint keys (applied over the file's values).
+ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
+    "WORKER_STORAGE_HOST": ("storage", "host"),
+    "WORKER_STORAGE_PORT": ("storage", "port"),
+    "WORKER_SCHEDULER_HOST": ("scheduler", "host"),
+    "WORKER_SCHEDULER_PORT": ("scheduler", "port"),
+}
+
+_FRAME_HEADROOM: Final = 64 * 1024  # executor.md 2.3: a frame must hold LIMIT plus its envelope
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``str()`` is the one line to print."""
+
+    def __init__(self, key: str | None, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config error: {key}: {problem}" if key else f"config error: {problem}")
+
+
+class _Invalid(ValueError):
+    """A raw value failed its check; the message is the problem, without the key."""
+
+
+# --- Checks of raw YAML values --------------------------------------------------------------
+
+
+@attrs.frozen
+class _Check:
+    """Validates and converts one raw value; ``description`` names what is accepted."""
+
+    description: str
+    convert: Callable[[Any], Any]
+
+    def __call__(self, value: Any) -> Any:
+        return self.convert(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(minimum: int, maximum: int | None = None) -> _Check:
+    if maximum is not None:
+        description = f"an integer in {minimum}..{maximum}"
+    else:
+        description = "an integer > 0" if minimum == 1 else f"an integer >= {minimum}"
+
+    def convert(value: Any) -> int:
+        if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+            raise _Invalid(f"must be {description}, got {value!r}")
+        return int(value)
+
+    return _Check(description, convert)
+
+
+def _positive_number() -> _Check:
+    description = "a number > 0"
+
+    def convert(value: Any) -> float:
+        if not (_is_int(value) or isinstance(value, float)) or not value > 0:
+            raise _Invalid(f"must be {description}, got {value!r}")
+        if value == float("inf"):
+            raise _Invalid(f"must be finite, got {value!r}")
+        return float(value)
+
+    return _Check(description, convert)
+
+
+def _non_empty_string() -> _Check:
+    description = "a non-empty string"
+
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise _Invalid(f"must be {description}, got {value!r}")
+        return value
+
+    return _Check(description, convert)
+
+
+def _ip_address() -> _Check:
+    description = 'an IP address such as "0.0.0.0"'
+
+    def convert(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid(f"must be {description}, got {value!r}")
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise _Invalid(f"must be {description}, got {value!r}") from None
+        return value
+
+    return _Check(description, convert)
+
+
+def _directory() -> _Check:
+    description = "the path of an existing directory"
+
+    def convert(value: Any) -> Path:
+        if not isinstance(value, str) or not value:
+            raise _Invalid(f"must be {description}, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise _Invalid(f"must be {description}, got {value!r} (not a directory)")
+        return path
+
+    return _Check(description, convert)
+
+
+def _executable() -> _Check:
+    description = "the path of an executable file"
+
+    def convert(value: Any) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise _Invalid(f"must be {description}, got {value!r}")
+        path = Path(value).expanduser()
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise _Invalid(f"must be {description}, got {value!r} (not an executable file)")
+        return path
+
+    return _Check(description, convert)
+
+
+def _names() -> _Check:
+    description = "a list of environment variable names"
+
+    def convert(value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(
+            isinstance(name, str) and name and "=" not in name and "\0" not in name
+            for name in value
+        ):
+            raise _Invalid(f"must be {description}, got {value!r}")
+        return tuple(value)
+
+    return _Check(description, convert)
+
+
+def _one_of(*choices: str) -> _Check:
+    description = "one of " + ", ".join(f'"{choice}"' for choice in choices)
+
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(f"must be {description}, got {value!r}")
+        return str(value)
+
+    return _Check(description, convert)
+
+
+def _executor_protocol() -> _Check:
+    description = '"worker" (our executor channel)'
+
+    def convert(value: Any) -> str:
+        if value == "spider":
+            raise _Invalid(
+                '"spider" compatibility mode (Spider\'s executor framing) is not implemented;'
+                ' use "worker" (the default)'
+            )
+        if value != "worker":
+            raise _Invalid(f"must be {description}, got {value!r}")
+        return "worker"
+
+    return _Check(description, convert)
+
+
+def _key(doc: str, check: _Check) -> dict[str, Any]:
+    """Field metadata of a key: its one-line description and the check of its raw value."""
+    return {"doc": doc, "check": check}
+
+
+def _block(doc: str) -> dict[str, Any]:
+    """Field metadata of a nested block."""
+    return {"doc": doc}
+
+
+# --- The configuration classes --------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class Endpoint:
+    """Where a server listens (plaintext HTTP/2)."""
+
+    host: str = attrs.field(
+        metadata=_key("Host name or IP address of the server.", _non_empty_string())
+    )
+    port: int = attrs.field(metadata=_key("TCP port of the server.", _integer(1, 65535)))
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as printed in logs."""
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen(slots=True)
+class LivenessConfig:
+    """Heartbeat periods (Spider takes integers; fractions are accepted here)."""
+
+    storage_heartbeat_interval_sec: float = attrs.field(
+        metadata=_key(
+            "Period of UpdateExecutionManagerHeartbeat to storage, in seconds.", _positive_number()
+        )
+    )
+    scheduler_heartbeat_interval_sec: float = attrs.field(
+        metadata=_key("Period of Heartbeat to the scheduler, in seconds.", _positive_number())
+    )
+
+
+@attrs.frozen(slots=True)
+class TaskExecutorConfig:
+    """The executor pool: Spider's keys plus our optional extensions (executor.md section 1)."""
+
+    package_dir: Path = attrs.field(
+        metadata=_key(
+            "Directory put first on the executors' sys.path; task modules are imported from it.",
+            _directory(),
+        )
+    )
+    bin_path: Path | None = attrs.field(
+        default=None,
+        metadata=_key(
+            "Executor command speaking our executor channel (default: the built-in Python one).",
+            _executable(),
+        ),
+    )
+    max_log_line_bytes: int = attrs.field(
+        default=65536,
+        metadata=_key(
+            "Executor output lines longer than this are dropped with a warning.", _integer(1)
+        ),
+    )
+    inherited_env: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_key(
+            "Names of the worker's environment variables passed on to executors (allow-list).",
+            _names(),
+        ),
+    )
+    kill_grace_ms: int = attrs.field(
+        default=0,
+        metadata=_key(
+            "SIGTERM grace before SIGKILL on a hard timeout (0: SIGKILL at once).", _integer(0)
+        ),
+    )
+    ready_timeout_sec: float = attrs.field(
+        default=10.0,
+        metadata=_key(
+            "How long a new executor has to become ready, in seconds.", _positive_number()
+        ),
+    )
+    close_grace_ms: int = attrs.field(
+        default=1000,
+        metadata=_key("How long a closing executor has to exit before it is killed.", _integer(0)),
+    )
+    max_frame_bytes: int = attrs.field(
+        default=8 * 1024 * 1024,
+        metadata=_key(
+            "Largest parent/executor frame; at least grpc.max_send_bytes + 65536.", _integer(1)
+        ),
+    )
+    respawn_backoff_initial_ms: int = attrs.field(
+        default=100, metadata=_key("First delay between failed executor starts.", _integer(1))
+    )
+    respawn_backoff_max_ms: int = attrs.field(
+        default=5000, metadata=_key("Largest delay between failed executor starts.", _integer(1))
+    )
+    crash_loop_limit: int = attrs.field(
+        default=5,
+        metadata=_key(
+            "Consecutive failed executor starts before the pool is broken (exit 1).", _integer(1)
+        ),
+    )
+    log_queue_lines: int = attrs.field(
+        default=1024,
+        metadata=_key("Capacity of the bounded queue of executor log lines.", _integer(1)),
+    )
+    log_drain_timeout_sec: float = attrs.field(
+        default=5.0,
+        metadata=_key(
+            "How long closing the pool waits for queued log lines to be written.",
+            _positive_number(),
+        ),
+    )
+    protocol: str = attrs.field(
+        default="worker",
+        metadata=_key(
+            'Executor protocol: only "worker" (Spider\'s "spider" mode is not implemented).',
+            _executor_protocol(),
+        ),
+    )
+
+
+@attrs.frozen(slots=True)
+class ShutdownConfig:
+    """How long a graceful stop may take."""
+
+    drain_timeout_sec: float = attrs.field(
+        default=30.0,
+        metadata=_key(
+            "After the first signal, how long the running task and reports may take before a"
+            " forced stop.",
+            _positive_number(),
+        ),
+    )
+    rpc_budget_sec: float = attrs.field(
+        default=5.0,
+        metadata=_key(
+            "Time budget of the final Shutdown call, transient retries included.",
+            _positive_number(),
+        ),
+    )
+
+
+@attrs.frozen(slots=True)
+class GrpcConfig:
+    """Deadlines and message-size limits of every call."""
+
+    rpc_timeout_sec: float = attrs.field(
+        default=30.0,
+        metadata=_key(
+            "Deadline of every unary call; NextTask gets wait_time_ms plus this.",
+            _positive_number(),
+        ),
+    )
+    max_send_bytes: int = attrs.field(
+        default=4 * 1024 * 1024,
+        metadata=_key(
+            "Largest request sent (Spider's servers accept 4 MiB); bigger outputs are reported as"
+            " OutputTooLarge failures.",
+            _integer(1),
+        ),
+    )
+    max_receive_bytes: int = attrs.field(
+        default=256 * 1024 * 1024, metadata=_key("Largest response accepted.", _integer(1))
+    )
+
+
+@attrs.frozen(slots=True)
+class BackoffConfig:
+    """Exponential backoff with jitter after transport errors (no hot loops)."""
+
+    initial_sec: float = attrs.field(
+        default=0.1, metadata=_key("First backoff delay, in seconds.", _positive_number())
+    )
+    max_sec: float = attrs.field(
+        default=2.0, metadata=_key("Largest backoff delay, in seconds.", _positive_number())
+    )
+
+
+@attrs.frozen(slots=True)
+class LogConfig:
+    """The worker's own log output (stderr)."""
+
+    format: str | None = attrs.field(
+        default=None,
+        metadata=_key(
+            '"console" (human-readable) or "json" (JSON lines); default: console on a terminal,'
+            " else json.",
+            _one_of("console", "json"),
+        ),
+    )
+    level: str = attrs.field(
+        default="info",
+        metadata=_key("Lowest level logged.", _one_of("debug", "info", "warning", "error")),
+    )
+
+
+@attrs.frozen(slots=True)
+class WorkerConfig:
+    """One worker's configuration file."""
+
+    storage: Endpoint = attrs.field(
+        metadata=_block("Storage server (liveness and task-instance services).")
+    )
+    scheduler: Endpoint = attrs.field(metadata=_block("Scheduler server."))
+    connection_pool_size: int = attrs.field(
+        metadata=_key("Channels opened per server, used round-robin.", _integer(1))
+    )
+    scheduler_poll_wait_ms: int = attrs.field(
+        metadata=_key(
+            "Long-poll budget sent as NextTask's wait_time_ms (0: do not wait).", _integer(0)
+        )
+    )
+    liveness: LivenessConfig = attrs.field(metadata=_block("Heartbeat periods."))
+    task_executor: TaskExecutorConfig = attrs.field(metadata=_block("The executor pool."))
+    ip_address: str = attrs.field(
+        default="0.0.0.0",
+        metadata=_key(
+            "Address sent in RegisterExecutionManager (must parse as an IP address).", _ip_address()
+        ),
+    )
+    shutdown: ShutdownConfig = attrs.field(
+        factory=ShutdownConfig, metadata=_block("Graceful-stop budgets (optional).")
+    )
+    grpc: GrpcConfig = attrs.field(
+        factory=GrpcConfig, metadata=_block("Deadlines and size limits (optional).")
+    )
+    backoff: BackoffConfig = attrs.field(
+        factory=BackoffConfig, metadata=_block("Retry backoff (optional).")
+    )
+    log: LogConfig = attrs.field(factory=LogConfig, metadata=_block("Log output (optional)."))
+
+    def to_runtime_settings(self) -> RuntimeSettings:
+        """The runtime's settings."""
+        from worker.runtime.settings import RuntimeSettings
+
+        return RuntimeSettings(
+            storage_heartbeat_interval_sec=self.liveness.storage_heartbeat_interval_sec,
+            scheduler_heartbeat_interval_sec=self.liveness.scheduler_heartbeat_interval_sec,
+            scheduler_poll_wait_ms=self.scheduler_poll_wait_ms,
+            drain_timeout_sec=self.shutdown.drain_timeout_sec,
+            shutdown_rpc_budget_sec=self.shutdown.rpc_budget_sec,
+            backoff_initial_sec=self.backoff.initial_sec,
+            backoff_max_sec=self.backoff.max_sec,
+            ip_address=self.ip_address,
+            max_send_bytes=self.grpc.max_send_bytes,
+        )
+
+    def to_pool_settings(self) -> PoolSettings:
+        """The executor pool's settings (one slot: the worker runs one task at a time)."""
+        from worker.executor.settings import PoolSettings
+
+        executor = self.task_executor
+        # PoolSettings converts inherited_env with ``tuple``, whose generic signature mypy
+        # cannot match against a concrete tuple; the value is already a tuple of names.
+        untyped: dict[str, Any] = {"inherited_env": executor.inherited_env}
+        return PoolSettings(
+            package_dir=executor.package_dir,
+            bin_path=executor.bin_path,
+            max_log_line_bytes=executor.max_log_line_bytes,
+            kill_grace_ms=executor.kill_grace_ms,
+            ready_timeout_sec=executor.ready_timeout_sec,
+            close_grace_ms=executor.close_grace_ms,
+            max_frame_bytes=executor.max_frame_bytes,
+            respawn_backoff_initial_ms=executor.respawn_backoff_initial_ms,
+            respawn_backoff_max_ms=executor.respawn_backoff_max_ms,
+            crash_loop_limit=executor.crash_loop_limit,
+            log_queue_lines=executor.log_queue_lines,
+            log_drain_timeout_sec=executor.log_drain_timeout_sec,
+            output_limit_bytes=self.grpc.max_send_bytes,
+            slots=1,
+            **untyped,
+        )
+
+
+_CLASSES: Final = (
+    Endpoint,
+    LivenessConfig,
+    TaskExecutorConfig,
+    ShutdownConfig,
+    GrpcConfig,
+    BackoffConfig,
+    LogConfig,
+    WorkerConfig,
+)
+
+
+# --- Structuring ----------------------------------------------------------------------------
+
+
+def _check_hook(check: _Check) -> Callable[[Any, Any], Any]:
+    def hook(value: Any, _type: Any) -> Any:
+        return check(value)
+
+    return hook
+
+
+def _build_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
+    for cls in _CLASSES:
+        attrs.resolve_types(cls)  # field.type becomes the class, not its annotation string
+        overrides = {
+            field.name: cattrs.gen.override(struct_hook=_check_hook(field.metadata["check"]))
+            for field in attrs.fields(cls)
+            if "check" in field.metadata
+        }
+        structure = cattrs.gen.make_dict_structure_fn(cls, converter, **overrides)  # type: ignore[arg-type]
+
+        def structure_mapping(
+            value: Any, cls_: Any, _structure: Callable[[Any, Any], Any] = structure
+        ) -> Any:
+            if not isinstance(value, Mapping):
+                raise _Invalid(f"must be a mapping of keys, got {value!r}")
+            return _structure(value, cls_)
+
+        converter.register_structure_hook(cls, structure_mapping)
+    return converter
+
+
+_CONVERTER: Final = _build_converter()
+
+
+def _describe(error: BaseException, _type: type | None) -> str:
+    if isinstance(error, _Invalid):
+        return str(error)
+    if isinstance(error, KeyError):
+        return "missing required key"
+    return f"invalid value ({error})"
+
+
+def _first_error(error: Exception) -> tuple[str | None, str]:
+    for line in cattrs.transform_error(error, path="", format_exception=_describe):
+        problem, _, path = line.rpartition(" @ ")
+        return path.lstrip(".").replace("['", ".").replace("']", "") or None, problem
+    return None, str(error)
+
+
+def _unknown_keys(raw: Mapping[str, Any], cls: type, prefix: str = "") -> list[str]:
+    fields = {field.name: field for field in attrs.fields(cls)}
+    unknown: list[str] = []
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        field = fields.get(str(key))
+        if field is None:
+            unknown.append(path)
+        elif isinstance(field.type, type) and attrs.has(field.type) and isinstance(value, Mapping):
+            unknown.extend(_unknown_keys(value, field.type, f"{path}."))
+    return unknown
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Overlay endpoint overrides; returns ``{key path: variable}`` for error messages."""
+    sources: dict[str, str] = {}
+    for variable, (block, key) in ENV_OVERRIDES.items():
+        if variable not in environ:
+            continue
+        text = environ[variable]
+        value: Any = int(text) if key == "port" and text.strip().isdigit() else text
+        section = raw.get(block)
+        if not isinstance(section, dict):
+            section = {}
+            raw[block] = section
+        section[key] = value
+        sources[f"{block}.{key}"] = variable
+    return sources
+
+
+@attrs.frozen(slots=True)
+class LoadedConfig:
+    """A valid configuration and the unknown keys found in the file (to warn about)."""
+
+    config: WorkerConfig
+    unknown_keys: tuple[str, ...] = ()
+    environment_overrides: tuple[str, ...] = ()
+
+
+def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Validate an already-parsed YAML document; ``ConfigError`` names the first bad key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(None, f"the file must hold a mapping of keys, got {raw!r}")
+    document: dict[str, Any] = {
+        str(key): dict(value) if isinstance(value, Mapping) else value for key, value in raw.items()
+    }
+    sources = _apply_environment(document, os.environ if environ is None else environ)
+    unknown = tuple(_unknown_keys(document, WorkerConfig))
+    try:
+        config = _CONVERTER.structure(document, WorkerConfig)
+    except Exception as error:  # cattrs wraps every failure in an exception group
+        key, problem = _first_error(error)
+        if key in sources:
+            key = f"{key} (from {sources[key]})"
+        raise ConfigError(key, problem) from None
+    _check_relations(config)
+    return LoadedConfig(config, unknown, tuple(sorted(sources.values())))
+
+
+def _check_relations(config: WorkerConfig) -> None:
+    minimum_frame = config.grpc.max_send_bytes + _FRAME_HEADROOM
+    if config.task_executor.max_frame_bytes < minimum_frame:
+        raise ConfigError(
+            "task_executor.max_frame_bytes",
+            f"must be at least grpc.max_send_bytes + {_FRAME_HEADROOM} ({minimum_frame}),"
+            f" got {config.task_executor.max_frame_bytes}",
+        )
+    if config.backoff.max_sec < config.backoff.initial_sec:
+        raise ConfigError(
+            "backoff.max_sec",
+            f"must be at least backoff.initial_sec ({config.backoff.initial_sec}),"
+            f" got {config.backoff.max_sec}",
+        )
+    executor = config.task_executor
+    if executor.respawn_backoff_max_ms < executor.respawn_backoff_initial_ms:
+        raise ConfigError(
+            "task_executor.respawn_backoff_max_ms",
+            f"must be at least task_executor.respawn_backoff_initial_ms"
+            f" ({executor.respawn_backoff_initial_ms}), got {executor.respawn_backoff_max_ms}",
+        )
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read and validate the YAML file at ``path``; ``ConfigError`` for any problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(None, f"cannot read {str(path)!r}: {_reason(error)}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid syntax"
+        raise ConfigError(None, f"{str(path)!r} is not valid YAML{where}: {problem}") from None
+    return parse_config(raw, environ)
+
+
+def _reason(error: BaseException) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
+def field_docs(cls: type = WorkerConfig, prefix: str = "") -> Sequence[tuple[str, str, str, str]]:
+    """``(key, accepted values, default, description)`` of every key, nested blocks flattened."""
+    rows: list[tuple[str, str, str, str]] = []
+    for field in attrs.fields(cls):
+        key = f"{prefix}{field.name}"
+        if isinstance(field.type, type) and attrs.has(field.type):
+            rows.extend(field_docs(field.type, f"{key}."))
+            continue
+        check: _Check = field.metadata["check"]
+        if field.default is attrs.NOTHING:
+            default = "required"
+        elif field.default is None:
+            default = "-"
+        else:
+            default = repr(field.default)
+        rows.append((key, check.description, default, field.metadata["doc"]))
+    return rows

@@ -1,0 +1,104 @@
+"""Log output of ``python -m worker``: human-readable on a terminal, JSON lines otherwise.
+
+Code logs through ``logging.getLogger("worker.<area>")`` and puts structured values (ids,
+states, codes) in ``extra={"fields": {...}}``. The console format appends them as
+``key=value``; the JSON format merges them into the line's object.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any, Final, TextIO
+
+__all__ = ["ConsoleFormatter", "JsonFormatter", "configure_logging", "resolve_format"]
+
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+#: Keys of every JSON line; a structured field with one of these names is prefixed ``field.``.
+_JSON_KEYS: Final = frozenset({"ts", "level", "logger", "message", "exc"})
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, Mapping) else {}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _console_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(text) if (not text or any(c in text for c in ' ="\n')) else text
+
+
+class ConsoleFormatter(logging.Formatter):
+    """``12:00:00.123 INFO  worker.runtime: message key=value ...`` (local time)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render one record on one line (a traceback follows on its own lines)."""
+        moment = datetime.datetime.fromtimestamp(record.created)
+        line = (
+            f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d} {record.levelname:<7} "
+            f"{record.name}: {record.getMessage()}"
+        )
+        fields = _fields(record)
+        if fields:
+            line += " " + " ".join(f"{k}={_console_value(v)}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``message``, the fields, ``exc``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render one record as a single JSON line."""
+        line: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            line[f"field.{key}" if key in _JSON_KEYS else str(key)] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def resolve_format(requested: str | None, stream: TextIO) -> str:
+    """``requested`` when set, else ``"console"`` on a terminal and ``"json"`` otherwise."""
+    if requested is not None:
+        return requested
+    isatty = getattr(stream, "isatty", None)
+    return "console" if callable(isatty) and isatty() else "json"
+
+
+def configure_logging(
+    log_format: str | None, level: str = "info", stream: TextIO | None = None
+) -> str:
+    """Send every log record at ``level`` or above to ``stream`` (stderr); returns the format."""
+    target = sys.stderr if stream is None else stream
+    chosen = resolve_format(log_format, target)
+    handler = logging.StreamHandler(target)
+    handler.setFormatter(JsonFormatter() if chosen == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    for previous in list(root.handlers):
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    # The state-machine library narrates every callback at INFO; our machine logs transitions.
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    return chosen

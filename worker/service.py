@@ -1,0 +1,186 @@
+"""``python -m worker --config FILE``: run one worker against a cluster until a signal.
+
+Boot order (protocol.md section 6.1): validate the configuration (a bad file is one line on
+stderr and exit 2, before any connection or executor); set up logging; open the executor pool;
+connect to both servers (bounded by ``grpc.rpc_timeout_sec``; connecting sends no RPC; failure
+is exit 1); the runtime registers and serves. SIGTERM or SIGINT drains, a second one forces the
+stop; the exit code is the runtime's (section 6.11). The pool and the channels are closed on
+exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from worker.config import ConfigError, WorkerConfig, load_config
+from worker.core.ports import Executor
+from worker.errors import PoolInitError
+from worker.executor.pool import open_pool
+from worker.exit_codes import ExitCode
+from worker.logging_setup import configure_logging
+from worker.runtime.runtime import WorkerRuntime
+from worker.transport.channels import ChannelOptions
+from worker.transport.connections import ClusterConnections, ConnectFailed
+
+__all__ = ["main", "run_worker"]
+
+logger = logging.getLogger("worker.service")
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="python -m worker",
+        description="Run one worker (execution manager) against a Spider-protocol cluster.",
+        epilog="SIGTERM/SIGINT drains (the running task finishes and is reported, then"
+        " Shutdown); a second signal forces the stop. Exit codes: 0 drained, 1 fatal,"
+        " 2 bad configuration, 3 forced, 4 evicted.",
+    )
+
+
+@asynccontextmanager
+async def _already_open(executor: Executor) -> AsyncIterator[Executor]:
+    """Hand the runtime the pool this module opened (and will close)."""
+    yield executor
+
+
+class _Stopper:
+    """Routes signals: during boot the first one aborts the boot; later the runtime decides."""
+
+    def __init__(self, boot: trio.CancelScope) -> None:
+        self._boot = boot
+        self._request_stop: Callable[[], None] | None = None
+        self.stopped_during_boot = False
+
+    def hand_over(self, request_stop: Callable[[], None]) -> None:
+        """From now on signals go to the runtime (drain, then force)."""
+        self._request_stop = request_stop
+
+    def __call__(self) -> None:
+        if self._request_stop is not None:
+            self._request_stop()
+        elif not self.stopped_during_boot:
+            self.stopped_during_boot = True
+            self._boot.cancel()
+
+
+async def _forward_signals(stop: Callable[[], None], *, task_status: trio.TaskStatus[None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            logger.info(
+                "signal received", extra={"fields": {"signal": signal.Signals(signum).name}}
+            )
+            stop()
+
+
+async def run_worker(config: WorkerConfig) -> ExitCode:
+    """Run one worker with ``config`` until it stops; return its exit code.
+
+    The pool and the channels belong to this function: the pool starts first, then both
+    servers are connected (no RPC), then the runtime registers and serves; both are closed
+    after the runtime returned. A signal before the runtime took over aborts the boot: exit 0.
+    """
+    connections = ClusterConnections(
+        storage=(config.storage.host, config.storage.port),
+        scheduler=(config.scheduler.host, config.scheduler.port),
+        pool_size=config.connection_pool_size,
+        options=ChannelOptions(config.grpc.max_send_bytes, config.grpc.max_receive_bytes),
+        rpc_timeout_sec=config.grpc.rpc_timeout_sec,
+    )
+    try:
+        async with trio.open_nursery() as signals:
+            # Everything below nests inside `boot`; only a signal before the hand-over cancels it.
+            with trio.CancelScope() as boot:
+                stopper = _Stopper(boot)
+                await signals.start(_forward_signals, stopper)
+                try:
+                    return await _serve(config, connections, stopper)
+                finally:
+                    signals.cancel_scope.cancel()
+            logger.info("stopped during boot: nothing was registered")
+            return ExitCode.OK
+    finally:
+        connections.close()
+
+
+async def _serve(
+    config: WorkerConfig, connections: ClusterConnections, stopper: _Stopper
+) -> ExitCode:
+    try:
+        async with open_pool(config.to_pool_settings()) as pool:
+            try:
+                await connections.wait_ready(config.grpc.rpc_timeout_sec)
+            except ConnectFailed as error:
+                logger.error("boot failed: %s", error)
+                return ExitCode.FATAL
+            logger.info(
+                "connected",
+                extra={
+                    "fields": {
+                        "storage": config.storage.target,
+                        "scheduler": config.scheduler.target,
+                    }
+                },
+            )
+            runtime = WorkerRuntime(
+                config.to_runtime_settings(),
+                scheduler=connections.scheduler,
+                storage=connections.storage,
+                liveness=connections.liveness,
+                open_executor=lambda: _already_open(pool),
+            )
+            stopper.hand_over(runtime.request_stop)
+            return await runtime.run()
+    except PoolInitError as error:
+        logger.error("executor pool failed to start: %s", error)
+        return ExitCode.FATAL
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m worker --config FILE``: the process exit code."""
+    parser = _parser()
+    parser.add_argument(
+        "-c", "--config", required=True, type=Path, metavar="FILE", help="the YAML config file"
+    )
+    try:
+        arguments = parser.parse_args(list(argv))
+    except SystemExit as exit_request:  # --help (0) or a bad command line (2)
+        return int(exit_request.code or 0)
+    try:
+        loaded = load_config(arguments.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return ExitCode.CONFIG
+    config = loaded.config
+    chosen_format = configure_logging(config.log.format, config.log.level)
+    for key in loaded.unknown_keys:
+        logger.warning("unknown config key ignored: %s", key, extra={"fields": {"key": key}})
+    logger.info(
+        "worker starting",
+        extra={
+            "fields": {
+                "config": str(arguments.config),
+                "storage": config.storage.target,
+                "scheduler": config.scheduler.target,
+                "log_format": chosen_format,
+                "env_overrides": list(loaded.environment_overrides),
+            }
+        },
+    )
+    try:
+        code = trio.run(run_worker, config)
+    except KeyboardInterrupt:  # before trio took SIGINT over: nothing had started yet
+        return ExitCode.OK
+    except Exception:
+        logger.critical("internal error", exc_info=True)
+        return ExitCode.FATAL
+    logger.info("worker stopped", extra={"fields": {"exit_code": int(code)}})
+    return int(code)

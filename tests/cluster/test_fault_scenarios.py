@@ -5,6 +5,7 @@ an expired drain deadline."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from tests.cluster.harness import E2E, TASKS_DIR, wait_for
 from worker.cluster.jobs import JobBuilder, TaskTimeouts
-from worker.cluster.servers import Delay, Fail
+from worker.cluster.servers import Delay, Fail, FaultHooks
 from worker.cluster.storage import JobState
 from worker.errors import StatusCode
 
@@ -74,7 +75,7 @@ def test_idle_worker_polls_repeatedly_without_repeating_a_record(e2e: E2E) -> No
     assert len(carried) == 1
     assert [r.wait_time_ms for r, _ in polls] == [200] * len(polls)
     assert sum(1 for _, resp in polls if resp.WhichOneof("result") == "no_task") >= 6
-    assert e2e.cluster.scheduler.acks_skipped == []
+    assert list(e2e.cluster.scheduler.acks_skipped) == []
     assert worker.poll() is None
 
 
@@ -241,3 +242,45 @@ def test_drain_deadline_expiry_forces_exit_3(e2e: E2E) -> None:
     )
     assert e2e.cluster.storage.task_rows(job_id)[0].failures == 0
     e2e.cluster.storage.cancel_job(job_id)
+
+
+def _assert_backoff_gaps(hooks: FaultHooks, rpc: str, failures: int) -> None:
+    """After the n-th consecutive failure, the next attempt waits at least
+    (1 - jitter) x min(cap, initial x 2^n), with jitter 0.2, initial 0.1 s, cap 2 s."""
+    wait_for(lambda: len(hooks.failed_call_times[rpc]) == failures, 30, f"{rpc} failures")
+    failed = hooks.failed_call_times[rpc]
+    wait_for(lambda: hooks.call_times[rpc][-1] > failed[-1], 30, f"{rpc} retried")
+    retry = min(t for t in hooks.call_times[rpc] if t > failed[-1])
+    gaps = [later - earlier for earlier, later in itertools.pairwise([*failed, retry])]
+    for n, gap in enumerate(gaps):
+        floor = 0.8 * min(2.0, 0.1 * 2**n)
+        assert gap >= floor - 0.005, f"{rpc}: gap {n} = {gap:.3f} s < {floor:.3f} s: {gaps}"
+
+
+def test_transient_errors_everywhere_back_off_and_lose_nothing(e2e: E2E) -> None:
+    """No hot loop, no lost record, no lost report (protocol.md §10 outage scenarios)."""
+    scheduler_hooks = e2e.cluster.scheduler_server.hooks
+    storage_hooks = e2e.cluster.storage_server.hooks
+    worker, em_id = e2e.start_worker()
+    wait_for(lambda: scheduler_hooks.calls["NextTask"] >= 1, 30, "the first poll")
+    unavailable = Fail(StatusCode.UNAVAILABLE, "scripted outage")
+    scheduler_hooks.script("NextTask", *[unavailable] * 4)
+    storage_hooks.script("RegisterTaskInstance", *[unavailable] * 3)
+    storage_hooks.script("ReportTaskSuccess", *[unavailable] * 3)
+    job_id = e2e.submit(_one_task("flaky-network").build())
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED, e2e.logs()
+    _assert_backoff_gaps(scheduler_hooks, "NextTask", 4)
+    _assert_backoff_gaps(storage_hooks, "RegisterTaskInstance", 3)
+    _assert_backoff_gaps(storage_hooks, "ReportTaskSuccess", 3)
+    assert storage_hooks.calls["RegisterTaskInstance"] == 4
+    assert storage_hooks.calls["ReportTaskSuccess"] == 4
+    (row,) = e2e.cluster.storage.task_rows(job_id)
+    assert (row.attempts, row.successes, row.failures) == (1, 1, 0)
+    # The consumed assignment's record reaches the scheduler despite the failed polls.
+    (delivered,) = [a for em, a in e2e.cluster.scheduler.dispatch_log if em == em_id]
+    wait_for(
+        lambda: delivered.id in {a.assignment_id for a in e2e.cluster.scheduler.acks_completed},
+        30,
+        "the ack",
+    )
+    assert worker.poll() is None

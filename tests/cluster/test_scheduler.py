@@ -201,7 +201,7 @@ def test_session_bump_drops_undelivered_work_and_old_sessions() -> None:
     # The older-session outstanding assignment is dropped, not rescheduled, on shutdown.
     engine.shutdown(5, [])
     assert engine.queued() == 0
-    assert engine.reschedule_log == []
+    assert list(engine.reschedule_log) == []
 
 
 def test_a_stopped_scheduler_fails_polls() -> None:

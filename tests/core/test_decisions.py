@@ -21,6 +21,7 @@ from worker.core.decisions import (
     exit_code_for,
     failure_message,
     is_reportable,
+    possible_orphan,
     report_for,
     session_gate,
 )
@@ -221,3 +222,15 @@ def test_exit_codes_follow_priority() -> None:
     assert exit_code_for({StopCause.GRACEFUL, StopCause.FORCED}) is ExitCode.FORCED
     assert exit_code_for({StopCause.FORCED, StopCause.EVICTED}) is ExitCode.EVICTED
     assert exit_code_for({StopCause.EVICTED, StopCause.FATAL}) is ExitCode.FATAL
+
+
+def test_possible_orphan_only_after_failed_attempts() -> None:
+    stale_state = classify_register_error(
+        error_for(Rpc.REGISTER_TASK_INSTANCE, StatusCode.FAILED_PRECONDITION)
+    )
+    stale_session = classify_register_error(
+        error_for(Rpc.REGISTER_TASK_INSTANCE, StatusCode.NOT_FOUND)
+    )
+    assert possible_orphan(stale_state, 1)
+    assert not possible_orphan(stale_state, 0)
+    assert not possible_orphan(stale_session, 3)

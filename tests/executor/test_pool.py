@@ -154,6 +154,20 @@ async def test_hard_timeout_with_kill_grace(package_dir: Path, sink: CollectingS
             assert values(await pool.execute(request("fibonacci", 7))) == [13]
 
 
+async def test_kill_grace_then_sigkill(package_dir: Path, sink: CollectingSink) -> None:
+    settings = PoolSettings(package_dir=package_dir, kill_grace_ms=300)
+    with trio.fail_after(TEST_BOUND_SEC):
+        async with open_pool(settings, log_sink=sink) as pool:
+            old_pid = await run_pid(pool)
+            started = time.perf_counter()
+            outcome = await pool.execute(request("spin_ignoring_sigterm", timeout_ms=200))
+            elapsed = time.perf_counter() - started
+            assert outcome == Timeout(200)
+            assert 0.2 + 0.3 <= elapsed <= 0.2 + 0.3 + 0.7
+            await wait_groups_gone([old_pid], within=1.0)
+            assert values(await pool.execute(request("fibonacci", 7))) == [13]
+
+
 P5_CASES = [
     (request("fibonacci", 1, package="no_such_module"), "PackageImportError"),
     (request("no_such_function"), "TaskNotFound"),

@@ -120,6 +120,7 @@ async def test_story_explains_where_an_assignment_is(
         await h.storage.wait_for_reports(1, BOUNDED_WAIT)
         assert await h.stop_and_finish() is ExitCode.OK
     assert "reported" in [entry.event for entry in h.runtime.story(a1.key)]
+    assert "Registering -> Executing (registered)" in h.runtime.explain(a1.key)
     lines = [r for r in caplog.records if r.name == "worker.machine"]
     assert lines
     fields = lines[0].fields  # type: ignore[attr-defined]
@@ -193,4 +194,21 @@ async def test_zero_poll_wait_paces_no_task_replies(autojump_clock: trio.testing
         assert before.ended is not None
         low, high = h.settings.backoff.bounds(n)
         assert low - 1e-9 <= after.started - before.ended <= high + 1e-9
+    h.check_teardown()
+
+
+async def test_stale_state_after_transient_failures_is_logged_as_possible_orphan(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness()
+    a1 = A(1)
+    h.scheduler.push(Assign(a1))
+    h.storage.push_register(Error(StatusCode.UNAVAILABLE), Error(StatusCode.FAILED_PRECONDITION))
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.until(lambda: h.scheduler.next_task_count == 2)
+        assert await h.stop_and_finish() is ExitCode.OK
+    orphans = [r for r in caplog.records if "possible orphan" in r.message]
+    assert [r.levelno for r in orphans] == [logging.ERROR]
+    assert h.scheduler.calls[1].prev == a1.record
     h.check_teardown()

@@ -8,7 +8,7 @@ import trio.testing
 
 from tests.runtime.harness import A, ctx, rec
 from worker.errors import PoolBroken, ProtocolError, StaleSessionError, StatusCode, TransportError
-from worker.model import ExecutionManagerId, JobId, SessionId, TaskId
+from worker.model import ExecutionManagerId, ExecutionRequest, JobId, SessionId, Success, TaskId
 from worker.testing import (
     Always,
     Assign,
@@ -74,7 +74,7 @@ async def test_scheduler_blocks_when_empty_and_records_cancellation(
         await trio.sleep(1)
         scheduler.push(NoTask)
     assert scheduler.calls[1].outcome == "no_task"
-    assert scheduler.calls[1].ended == 1.0
+    assert scheduler.calls[1].ended == 2.0  # blocked from t=1 until the push at t=2
 
 
 async def test_always_until_and_hang(autojump_clock: trio.testing.MockClock) -> None:
@@ -125,7 +125,7 @@ async def test_liveness_defaults_and_scripts(autojump_clock: trio.testing.MockCl
 
 async def test_pool_hold_release_and_failures(autojump_clock: trio.testing.MockClock) -> None:
     pool = FakePool(Journal())
-    pool.push(Hold, Hold)
+    pool.push(Hold, Success(b"\x00\x00\x00\x00"), Hold)  # a Hold is followed by the next item
     pool.raise_on_execute(PoolBroken("x"))
     async with pool() as executor:
         request = ctx_request()
@@ -145,8 +145,6 @@ async def test_pool_hold_release_and_failures(autojump_clock: trio.testing.MockC
             pass
 
 
-def ctx_request() -> object:
+def ctx_request() -> ExecutionRequest:
     """An execution request for ``A(1)`` with a ``noop`` context."""
-    from worker.model import ExecutionRequest
-
     return ExecutionRequest.for_assignment(A(1).assignment, ctx("noop"))

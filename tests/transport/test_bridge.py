@@ -90,7 +90,7 @@ async def test_the_deadline_is_sent_and_enforced(
         await short.next_task(EM_ID, None, 100)
     elapsed = time.monotonic() - started
     assert raised.value.code is StatusCode.DEADLINE_EXCEEDED
-    assert 0.3 <= elapsed < 0.3 + 1.0  # never before the deadline; within the trio-side grace
+    assert 0.3 <= elapsed < 0.3 + 1.0  # not before the deadline, and not long after it
     await wait_for_event(poll.server_saw_cancel, 20)
 
 

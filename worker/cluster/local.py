@@ -146,9 +146,12 @@ def run_local(
             config = cluster.worker_config(
                 package_dir, poll_wait_ms=poll_wait_ms, heartbeat_sec=heartbeat_sec
             )
+            known = {row.id for row in cluster.storage.db.ems()}  # a reused --db has old rows
             for number in range(workers):
                 processes.append(WorkerProcess(f"worker-{number + 1}", config, workdir))
-            _wait_registered(cluster, processes, timeout_sec=min(timeout_sec, BOOT_TIMEOUT_SEC))
+            _wait_registered(
+                cluster, processes, known, timeout_sec=min(timeout_sec, BOOT_TIMEOUT_SEC)
+            )
             started = time.monotonic()
             job_id = cluster.submit(job)
             state, exit_code = _follow(
@@ -175,14 +178,15 @@ def run_local(
 
 
 def _wait_registered(
-    cluster: EmbeddedCluster, processes: list[WorkerProcess], timeout_sec: float
+    cluster: EmbeddedCluster, processes: list[WorkerProcess], known: set[int], timeout_sec: float
 ) -> None:
-    """Wait until every worker registered with storage (or exited), so that the clock measures
-    the job and a worker is never stopped half-booted."""
+    """Wait until every worker registered (or exited), so the clock measures the job only and
+    no worker is stopped half-booted; ``known`` are worker ids that existed before."""
     deadline = time.monotonic() + timeout_sec
     while time.monotonic() < deadline:
         running = sum(1 for p in processes if p.poll() is None)
-        if running == 0 or len(cluster.storage.db.ems()) >= len(processes):
+        registered = {row.id for row in cluster.storage.db.ems()} - known
+        if running == 0 or len(registered) >= len(processes):
             return
         time.sleep(0.02)
 

@@ -54,6 +54,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class WorkerProcess:
     """One ``python -m worker -c FILE`` subprocess with its config and log files."""
 
@@ -64,7 +71,8 @@ class WorkerProcess:
         self.log_path = workdir / f"{name}.log"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         self._log: IO[bytes] = self.log_path.open("wb")
-        self._children: set[int] = set()
+        # pid -> command line when first seen: a pid is killed only while it still runs that.
+        self._children: dict[int, bytes] = {}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "worker", "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
@@ -87,7 +95,7 @@ class WorkerProcess:
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the worker process (not its group: executors are its business)."""
         if self.process.poll() is None:
-            self._children.update(descendants(self.process.pid))
+            self._remember_children()
             self.process.send_signal(signum)
 
     def wait(self, timeout_sec: float) -> int | None:
@@ -97,16 +105,27 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             return None
 
+    def _remember_children(self) -> None:
+        for pid in descendants(self.process.pid):
+            if pid not in self._children:
+                self._children[pid] = _cmdline(pid)
+
+    def _still_ours(self, pid: int) -> bool:
+        """Whether ``pid`` still runs the command it ran when seen (pids get reused)."""
+        return bool(self._children.get(pid)) and _cmdline(pid) == self._children[pid]
+
     def kill_group(self) -> None:
         """SIGKILL the worker, its descendants (executors run in their own groups) and its group."""
         if self.process.poll() is None:
-            self._children.update(descendants(self.process.pid))
+            self._remember_children()
         # Children remembered before the worker died were reparented; kill them by pid.
-        for pid in [*self._children, self.process.pid]:
+        for pid in [pid for pid in self._children if self._still_ours(pid)]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            # Still unreaped, so its pid (= its group id) cannot have been reused.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     def stop(self, timeout_sec: float = 30.0) -> int | None:
         """Drain with SIGTERM, wait up to ``timeout_sec``, then kill what is left."""
@@ -123,7 +142,7 @@ class WorkerProcess:
     def leftovers(self) -> list[int]:
         """Pids of this worker and of the children seen so far that still run (zombies aside)."""
         alive = []
-        for pid in [self.process.pid, *self._children]:
+        for pid in [self.process.pid, *(p for p in self._children if self._still_ours(p))]:
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -51,6 +51,14 @@ class InboundSource(Protocol):
     def wake_pollers(self) -> None:
         """Release blocked :meth:`poll_ready` calls."""
         ...
+
+
+#: Entries kept in each observability log (dispatches, reschedules, acks).
+LOG_CAPACITY = 100_000
+
+
+def _log() -> collections.deque[Any]:
+    return collections.deque(maxlen=LOG_CAPACITY)
 
 
 class SchedulerClosed(Exception):
@@ -134,10 +142,11 @@ class SchedulerEngine:
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self.dispatch_log: list[tuple[int, Assignment]] = []
-        self.reschedule_log: list[tuple[int, Assignment]] = []
-        self.acks_completed: list[AckRecord] = []
-        self.acks_skipped: list[SkippedAck] = []
+        # Observability for tests and operators; bounded so a long-lived cluster does not grow.
+        self.dispatch_log: collections.deque[tuple[int, Assignment]] = _log()
+        self.reschedule_log: collections.deque[tuple[int, Assignment]] = _log()
+        self.acks_completed: collections.deque[AckRecord] = _log()
+        self.acks_skipped: collections.deque[SkippedAck] = _log()
         #: How many ``NextTask`` calls are blocked in the long poll right now.
         self.waiting_polls = 0
         # The scheduler starts at session 0 and adopts the session storage reports (§3 rule 3).

@@ -85,6 +85,10 @@ class FaultHooks:
         )
         self._always: dict[str, float] = {}
         self.calls: collections.Counter[str] = collections.Counter()
+        #: ``time.monotonic()`` at the arrival of each call, per RPC (to check backoff gaps).
+        self.call_times: dict[str, list[float]] = collections.defaultdict(list)
+        #: The same, for the calls answered by a scripted :class:`Fail`.
+        self.failed_call_times: dict[str, list[float]] = collections.defaultdict(list)
         #: Called after every successful call as ``(rpc, request, response, started, finished)``
         #: (``time.perf_counter`` seconds), e.g. by the benchmark; None = no observation.
         self.observer: Callable[[str, Any, Any, float, float], None] | None = None
@@ -112,8 +116,12 @@ class FaultHooks:
         """``(delay, action)`` for one call of ``rpc``."""
         with self._lock:
             self.calls[rpc] += 1
+            now = time.monotonic()
+            self.call_times[rpc].append(now)
             queue = self._scripts.get(rpc)
             action = queue.popleft() if queue else None
+            if isinstance(action, Fail):
+                self.failed_call_times[rpc].append(now)
             return self._always.get(rpc, 0.0), action
 
 

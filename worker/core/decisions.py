@@ -58,6 +58,7 @@ __all__ = [
     "exit_code_for",
     "failure_message",
     "is_reportable",
+    "possible_orphan",
     "output_too_large_message",
     "report_for",
     "session_gate",
@@ -118,6 +119,15 @@ def classify_register_error(error: RpcError | ProtocolError) -> RegisterVerdict:
     if isinstance(error, InvalidInputError):
         return _INVALID_INPUT
     return _RETRY  # TransportError and ServerError alike (P5)
+
+
+def possible_orphan(verdict: RegisterVerdict, failed_attempts: int) -> bool:
+    """Whether ``FAILED_PRECONDITION`` after failed attempts may hide an orphan instance.
+
+    An earlier attempt may have registered with its reply lost (protocol.md section 6.5, M3);
+    the instance is released only when storage reaps this worker, so it is logged at ERROR.
+    """
+    return verdict is _STALE_STATE and failed_attempts > 0
 
 
 class HeartbeatVerdict(enum.Enum):

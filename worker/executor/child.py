@@ -49,6 +49,7 @@ _MAX_MESSAGE_BYTES = 65536
 _MAX_TYPE_BYTES = 1024
 _FRAME_OVERHEAD = 1024
 _UINT64_MAX = 2**64 - 1
+_MISSING = object()
 _UNSUPPORTED = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorType)
 
 
@@ -144,8 +145,9 @@ class _Executor:
             return self.failure(
                 request_id, "PackageImportError", cause, _format_traceback(exc), started
             )
-        func = getattr(module, func_name, None) if func_name.isidentifier() else None
-        if func is None and not hasattr(module, func_name):
+        # task_func names one attribute: no dots, so "a.b" never walks into a submodule
+        func = getattr(module, func_name, _MISSING) if "." not in func_name else _MISSING
+        if func is _MISSING:
             return self.failure(
                 request_id,
                 "TaskNotFound",

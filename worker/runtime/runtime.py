@@ -37,6 +37,7 @@ from worker.core.decisions import (
     classify_register_error,
     exit_code_for,
     is_reportable,
+    possible_orphan,
     report_for,
     session_gate,
 )
@@ -151,6 +152,10 @@ class WorkerRuntime:
     def story(self, key: AssignmentKey) -> tuple[StoryEntry, ...]:
         """Why is assignment ``key`` where it is? Its bounded story, oldest first."""
         return self._story.story(key)
+
+    def explain(self, key: AssignmentKey) -> str:
+        """The story of assignment ``key`` as text, one entry per line."""
+        return self._story.explain(key)
 
     # --- stop entry points (synchronous; call them from the trio thread) ----------------------
 
@@ -388,6 +393,12 @@ class WorkerRuntime:
                     )
                 return context
             if not verdict.retry:
+                if possible_orphan(verdict, backoff.attempt):
+                    logger.error(
+                        "FAILED_PRECONDITION after failed registration attempts: possible orphan"
+                        " task instance",
+                        extra={"fields": {"assignment": _key_text(key), "job_id": task.job_id}},
+                    )
                 logger.info(
                     "assignment dropped after registration",
                     extra={"fields": {"assignment": _key_text(key), "reason": verdict.reason}},

@@ -66,6 +66,7 @@ class FakeScheduler:
         self.shutdown_calls: list[list[TaskAssignmentRecord]] = []
         self.outstanding: set[TaskAssignmentRecord] = set()
         self.handed_out: list[TaskAssignmentRecord] = []
+        self._handed_out_set: set[TaskAssignmentRecord] = set()
         self.duplicate_acks: list[TaskAssignmentRecord] = []
         self.unknown_acks: list[TaskAssignmentRecord] = []
 
@@ -76,7 +77,7 @@ class FakeScheduler:
     def _apply_ack(self, record: TaskAssignmentRecord) -> None:
         if record in self.outstanding:
             self.outstanding.remove(record)
-        elif record in self.handed_out:
+        elif record in self._handed_out_set:
             self.duplicate_acks.append(record)
         else:
             self.unknown_acks.append(record)
@@ -113,6 +114,7 @@ class FakeScheduler:
             record = item.assignment.record
             self.outstanding.add(record)
             self.handed_out.append(record)
+            self._handed_out_set.add(record)
             call.assignment = item.assignment
             finish("assignment", ok=True)
             return item.assignment

@@ -74,7 +74,7 @@ Block: Final = Hang(None)
 
 
 class HoldItem:
-    """FakePool: block until ``FakePool.release()``."""
+    """FakePool: block until ``FakePool.release()``, then take the next item (default success)."""
 
     def __repr__(self) -> str:
         return "Hold"

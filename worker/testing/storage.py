@@ -66,6 +66,7 @@ class FakeStorage:
         self.failure_reports: list[ReportAttempt[FailureReport]] = []
         self._blocked = False
         self._reports_changed = trio.Event()
+        self._attempts_per_instance: dict[tuple[str, tuple[object, ...]], int] = {}
 
     def push_register(self, *items: RegisterItem | Always[RegisterItem] | Hang) -> None:
         """Append to the shared register script."""
@@ -144,8 +145,10 @@ class FakeStorage:
         script: Script[ReportItem],
         rpc: Rpc,
     ) -> None:
-        previous = sum(1 for a in attempts if _instance(a.report) == _instance(report))
-        attempt = ReportAttempt(report, previous + 1, trio.current_time())
+        key = (method, _instance(report))
+        number = self._attempts_per_instance.get(key, 0) + 1
+        self._attempts_per_instance[key] = number
+        attempt = ReportAttempt(report, number, trio.current_time())
         attempts.append(attempt)
         self._reports_changed.set()
         self._reports_changed = trio.Event()

@@ -8,14 +8,16 @@ thread, whose done-callback only hands control back to trio
 which resets the HTTP/2 stream (the server sees the cancellation), and returns at once; the
 result of a cancelled call is discarded.
 
-Every call carries a deadline. grpcio enforces it; as a second line of defence the wait is also
-bounded on the trio side, a grace period later, so a lost completion can never hang a task.
+Every call carries a deadline, which grpcio enforces: the call completes with
+``DEADLINE_EXCEEDED`` at the latest then, so the wait is bounded without a trio-side timer (one
+per call would cost more than the rest of the bridge's own work).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import trio
@@ -23,16 +25,12 @@ import trio
 from worker.errors import StatusCode
 
 __all__ = [
-    "DEADLINE_GRACE_SEC",
     "CallFailed",
     "UnaryFuture",
     "UnaryMultiCallable",
     "await_future",
     "unary_call",
 ]
-
-#: How long after the gRPC deadline the trio side gives up on a completion that never came.
-DEADLINE_GRACE_SEC: Final = 1.0
 
 _ResponseT = TypeVar("_ResponseT")
 _ResponseT_co = TypeVar("_ResponseT_co", covariant=True)
@@ -82,6 +80,63 @@ def _status_of(error: grpc.RpcError) -> CallFailed:
     return CallFailed(StatusCode(grpc_code.value[0]), text or "")
 
 
+class _Waiter:
+    """One task parked on one future; ``wake`` (trio thread only) reschedules it at most once."""
+
+    __slots__ = ("task", "waiting")
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.waiting = True
+
+    def wake(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            trio.lowlevel.reschedule(self.task)
+
+
+class _Completions:
+    """Hands completed calls from grpcio's threads to trio, one wake-up per burst.
+
+    grpcio calls ``complete`` on its completion thread. The first completion of a burst asks
+    trio (``run_sync_soon``) to ``drain``; completions arriving before that drain ran ride along
+    with it, so a burst of answers costs one cross-thread wake-up, not one each. The deque and
+    the flag are safe to share: appends, pops and attribute stores are atomic operations.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._done: collections.deque[_Waiter] = collections.deque()
+        self._drain_scheduled = False
+
+    def complete(self, waiter: _Waiter) -> None:
+        self._done.append(waiter)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            # A finished trio run has nobody waiting for these answers any more.
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._drain)
+
+    def _drain(self) -> None:
+        # Cleared before draining: a completion appended from now on is either drained by
+        # this loop or schedules the next drain itself.
+        self._drain_scheduled = False
+        while self._done:
+            self._done.popleft().wake()
+
+
+_COMPLETIONS: trio.lowlevel.RunVar[_Completions] = trio.lowlevel.RunVar("worker_grpc_completions")
+
+
+def _completions() -> _Completions:
+    try:
+        return _COMPLETIONS.get()
+    except LookupError:
+        completions = _Completions(trio.lowlevel.current_trio_token())
+        _COMPLETIONS.set(completions)
+        return completions
+
+
 async def await_future(future: UnaryFuture[_ResponseT]) -> _ResponseT:
     """Wait for a grpcio future without blocking trio; return its ``result()``.
 
@@ -89,30 +144,16 @@ async def await_future(future: UnaryFuture[_ResponseT]) -> _ResponseT:
     propagates. Errors of the future's ``result()`` (``grpc.RpcError`` for a failed call)
     propagate unchanged.
     """
-    token = trio.lowlevel.current_trio_token()
-    task = trio.lowlevel.current_task()
-    # Touched from trio only: once the task was woken or aborted, later wake-ups are ignored.
-    waiting = True
-
-    def wake_in_trio() -> None:
-        nonlocal waiting
-        if waiting:
-            waiting = False
-            trio.lowlevel.reschedule(task)
-
-    def on_done(_future: object) -> None:
-        # Runs on grpcio's completion thread (or inline when already done): only hand over.
-        # A finished trio run has nobody waiting for this answer any more.
-        with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(wake_in_trio)
+    completions = _completions()
+    waiter = _Waiter(trio.lowlevel.current_task())
 
     def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
-        nonlocal waiting
-        waiting = False
+        waiter.waiting = False  # a completion that still arrives is ignored
         future.cancel()
         return trio.lowlevel.Abort.SUCCEEDED
 
-    future.add_done_callback(on_done)
+    # Runs on grpcio's completion thread (or at once when already done): only hands over.
+    future.add_done_callback(lambda _future: completions.complete(waiter))
     await trio.lowlevel.wait_task_rescheduled(abort)
     return future.result(timeout=0)
 
@@ -128,13 +169,10 @@ async def unary_call(
     """
     if deadline_sec <= 0:
         raise ValueError(f"a call needs a positive deadline, got {deadline_sec!r}")
+    # The wait needs no trio-side timer: grpcio completes every call by its deadline (with
+    # DEADLINE_EXCEEDED), and closing the channel completes every pending call (CANCELLED).
     future = method.future(request, timeout=deadline_sec)
     try:
-        with trio.fail_after(deadline_sec + DEADLINE_GRACE_SEC):
-            return await await_future(future)
+        return await await_future(future)
     except grpc.RpcError as error:
         raise _status_of(error) from None
-    except trio.TooSlowError:
-        raise CallFailed(
-            StatusCode.DEADLINE_EXCEEDED, "no completion from grpcio by the deadline"
-        ) from None

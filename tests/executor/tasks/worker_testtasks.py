@@ -65,6 +65,13 @@ def spin() -> None:
         pass
 
 
+def spin_ignoring_sigterm() -> None:
+    """Ignore SIGTERM, then busy-loop forever (only SIGKILL stops it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        pass
+
+
 def spin_with_child() -> int:
     """Fork a sleeping grandchild (same process group), then busy-loop forever."""
     child = os.fork()

@@ -14,10 +14,10 @@ from worker.config import (
     ENV_OVERRIDES,
     ConfigError,
     WorkerConfig,
-    field_docs,
     load_config,
     parse_config,
 )
+from worker.config_reference import collect_keys
 from worker.executor.settings import PoolSettings
 from worker.runtime.settings import RuntimeSettings
 
@@ -348,29 +348,31 @@ def test_file_problems_are_one_line(tmp_path: Path) -> None:
         load_config(scalar, {})
 
 
-def test_every_key_is_documented() -> None:
-    rows = field_docs()
-    keys = [key for key, _, _, _ in rows]
-    assert len(keys) == len(set(keys))
-    assert "task_executor.max_frame_bytes" in keys
-    assert "log.format" in keys
-    for _, accepted, _, doc in rows:
-        assert accepted
-        assert doc
-        assert "\n" not in doc
+def test_every_key_is_documented_with_its_accepted_values() -> None:
+    keys = collect_keys(WorkerConfig)
+    names = [entry.key for entry in keys]
+    assert len(names) == len(set(names))
+    assert {"task_executor.max_frame_bytes", "log.format", "grpc.rpc_timeout_sec"} <= set(names)
+    for entry in keys:
+        assert entry.doc
+        if not entry.is_block:
+            # The accepted values come from the key's check, not from the bare Python type.
+            assert entry.type_text.startswith(("a ", "an ", "one of", "the ", '"')), entry
 
     def walk(cls: type) -> None:
         for field in attrs.fields(cls):
             assert field.metadata.get("doc"), f"{cls.__name__}.{field.name} has no doc"
             if isinstance(field.type, type) and attrs.has(field.type):
                 walk(field.type)
+            else:
+                assert field.metadata.get("check"), f"{cls.__name__}.{field.name} has no check"
 
     walk(WorkerConfig)
 
 
-def test_configuration_doc_lists_every_key() -> None:
+def test_configuration_doc_lists_every_key_and_override() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    for key, _, _, _ in field_docs():
-        assert f"`{key}`" in doc, f"docs/configuration.md does not document {key}"
+    for entry in collect_keys(WorkerConfig):
+        assert f"`{entry.key}`" in doc, f"docs/configuration.md does not document {entry.key}"
     for variable in ENV_OVERRIDES:
         assert variable in doc

@@ -6,7 +6,9 @@ transport; storage and the scheduler are scripted in-test servers that record ev
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -24,6 +26,7 @@ import trio
 import yaml
 
 from tests.transport.scripted import ScriptedServer, scripted_server
+from worker.logging_setup import ConsoleFormatter, JsonFormatter, resolve_format
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.scheduler import scheduler_pb2
 from worker.transport._generated.storage import storage_pb2
@@ -429,3 +432,142 @@ async def test_sigint_while_idle_drains_with_exit_0(
         assert not scheduler_pb2.NextTaskRequest.FromString(call.request).HasField(
             "prev_assignment"
         )
+
+
+async def test_eviction_exits_4_after_saying_goodbye(
+    servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
+    storage, scheduler = servers
+    cluster = FakeCluster(storage, scheduler, "one_second")
+    cluster._assigned = True  # idle: every poll answers no_task
+    heartbeats = 0
+    lock = threading.Lock()
+
+    def heartbeat(_request: bytes, context: Any) -> bytes:
+        nonlocal heartbeats
+        with lock:
+            heartbeats += 1
+            evict = heartbeats >= 3
+        if evict:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "execution manager is dead")
+        return storage_pb2.UpdateExecutionManagerHeartbeatResponse(session_id=1).SerializeToString()
+
+    storage.on(LIVENESS + "UpdateExecutionManagerHeartbeat", heartbeat)
+    config = write_config(tmp_path, storage.port, scheduler.port)
+    with trio.fail_after(120):
+        async with running_worker(config, tmp_path / "stdout.log") as worker:
+            pass
+        assert worker.process.returncode == 4, messages(worker)
+    assert len(scheduler.calls(SCHEDULER + "Shutdown")) == 1
+
+
+async def test_invalid_argument_on_registration_is_fatal(
+    servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
+    storage, scheduler = servers
+    FakeCluster(storage, scheduler, "one_second")
+    storage.on(
+        TASKS + "RegisterTaskInstance",
+        lambda _request, context: context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad task id"),
+    )
+    config = write_config(tmp_path, storage.port, scheduler.port)
+    with trio.fail_after(120):
+        async with running_worker(config, tmp_path / "stdout.log") as worker:
+            pass
+        assert worker.process.returncode == 1, messages(worker)
+    (shutdown,) = scheduler.calls(SCHEDULER + "Shutdown")
+    # INVALID_ARGUMENT consumes nothing: no acknowledgement for that assignment.
+    assert scheduler_pb2.ShutdownRequest.FromString(shutdown.request).prev_assignments == []
+    assert storage.calls(TASKS + "ReportTaskFailure") == []
+
+
+def test_executor_without_handshake_names_bin_path(
+    servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
+    storage, scheduler = servers
+    silent = tmp_path / "silent-executor"
+    silent.write_text("#!/bin/sh\nexit 0\n")
+    silent.chmod(0o755)
+    config = write_config(
+        tmp_path,
+        storage.port,
+        scheduler.port,
+        task_executor={
+            "bin_path": str(silent),
+            "ready_timeout_sec": 2,
+            "crash_loop_limit": 1,
+            "respawn_backoff_initial_ms": 10,
+            "respawn_backoff_max_ms": 10,
+        },
+    )
+    completed = run_cli("-c", str(config))
+    assert completed.returncode == 1
+    errors = [
+        json.loads(line)
+        for line in completed.stderr.splitlines()
+        if '"level": "error"' in line and "executor pool failed to start" in line
+    ]
+    assert len(errors) == 1, completed.stderr
+    assert "task_executor.bin_path" in errors[0]["message"]
+    assert "task_executor.protocol: spider" in errors[0]["message"]
+    assert storage.calls() == []
+    assert scheduler.calls() == []
+
+
+# --- Log formats ----------------------------------------------------------------------------
+
+
+def _record(fields: dict[str, Any] | None = None) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "worker.machine", logging.INFO, __file__, 1, "moved %s", ("on",), None
+    )
+    if fields is not None:
+        record.fields = fields
+    return record
+
+
+def test_console_format_renders_fields_as_key_value() -> None:
+    line = ConsoleFormatter().format(
+        _record({"from": "Idle", "to": "Awaiting", "assignment": "3/0", "note": "two words"})
+    )
+    assert "INFO    worker.machine: moved on" in line
+    assert line.endswith('from=Idle to=Awaiting assignment=3/0 note="two words"')
+
+
+def test_json_format_merges_fields_into_one_object() -> None:
+    line = JsonFormatter().format(_record({"em_id": 11, "message": "clash", "records": ["a"]}))
+    assert "\n" not in line
+    decoded = json.loads(line)
+    assert decoded["message"] == "moved on"
+    assert decoded["field.message"] == "clash"
+    assert decoded["em_id"] == 11
+    assert decoded["records"] == ["a"]
+    assert (decoded["level"], decoded["logger"]) == ("info", "worker.machine")
+    assert decoded["ts"].endswith("Z")
+
+
+def test_format_follows_the_terminal_unless_asked() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert resolve_format(None, Terminal()) == "console"
+    assert resolve_format(None, io.StringIO()) == "json"
+    assert resolve_format("json", Terminal()) == "json"
+    assert resolve_format("console", io.StringIO()) == "console"
+
+
+async def test_signal_while_connecting_aborts_the_boot_with_exit_0(
+    servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
+    storage, _ = servers
+    with closed_port() as port:
+        # The scheduler never answers, so the worker waits (up to 60 s) to connect.
+        config = write_config(tmp_path, storage.port, port, grpc={"rpc_timeout_sec": 60})
+        with trio.fail_after(60):
+            async with running_worker(config, tmp_path / "stdout.log") as worker:
+                await worker.wait_for_log(lambda line: line.get("message") == "connecting")
+                worker.signal(signal.SIGTERM)
+            assert worker.process.returncode == 0, messages(worker)
+    assert "stopped during boot: nothing was registered" in messages(worker)
+    assert storage.calls() == []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -212,9 +212,15 @@ def _executor_protocol() -> _Check:
     return _Check(description, convert)
 
 
-def _key(doc: str, check: _Check) -> dict[str, Any]:
-    """Field metadata of a key: its one-line description and the check of its raw value."""
-    return {"doc": doc, "check": check}
+def _key(doc: str, check: _Check, default_doc: str | None = None) -> dict[str, Any]:
+    """Field metadata of a key: its one-line description and the check of its raw value.
+
+    ``default_doc`` describes a default decided at run time (shown instead of the value).
+    """
+    metadata: dict[str, Any] = {"doc": doc, "check": check}
+    if default_doc is not None:
+        metadata["default_doc"] = default_doc
+    return metadata
 
 
 def _block(doc: str) -> dict[str, Any]:
@@ -269,6 +275,7 @@ class TaskExecutorConfig:
         metadata=_key(
             "Executor command speaking our executor channel (default: the built-in Python one).",
             _executable(),
+            default_doc="built-in Python executor",
         ),
     )
     max_log_line_bytes: int = attrs.field(
@@ -402,9 +409,9 @@ class LogConfig:
     format: str | None = attrs.field(
         default=None,
         metadata=_key(
-            '"console" (human-readable) or "json" (JSON lines); default: console on a terminal,'
-            " else json.",
+            '"console" (human-readable) or "json" (JSON lines).',
             _one_of("console", "json"),
+            default_doc="console on a terminal, else json",
         ),
     )
     level: str = attrs.field(
@@ -653,22 +660,3 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
 
 def _reason(error: BaseException) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-
-
-def field_docs(cls: type = WorkerConfig, prefix: str = "") -> Sequence[tuple[str, str, str, str]]:
-    """``(key, accepted values, default, description)`` of every key, nested blocks flattened."""
-    rows: list[tuple[str, str, str, str]] = []
-    for field in attrs.fields(cls):
-        key = f"{prefix}{field.name}"
-        if isinstance(field.type, type) and attrs.has(field.type):
-            rows.extend(field_docs(field.type, f"{key}."))
-            continue
-        check: _Check = field.metadata["check"]
-        if field.default is attrs.NOTHING:
-            default = "required"
-        elif field.default is None:
-            default = "-"
-        else:
-            default = repr(field.default)
-        rows.append((key, check.description, default, field.metadata["doc"]))
-    return rows

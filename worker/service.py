@@ -97,16 +97,18 @@ async def run_worker(config: WorkerConfig) -> ExitCode:
     )
     try:
         async with trio.open_nursery() as signals:
-            # Everything below nests inside `boot`; only a signal before the hand-over cancels it.
-            with trio.CancelScope() as boot:
-                stopper = _Stopper(boot)
-                await signals.start(_forward_signals, stopper)
-                try:
+            try:
+                # Everything nests inside `boot`; only a signal before the hand-over cancels it.
+                with trio.CancelScope() as boot:
+                    stopper = _Stopper(boot)
+                    await signals.start(_forward_signals, stopper)
                     return await _serve(config, connections, stopper)
-                finally:
-                    signals.cancel_scope.cancel()
-            logger.info("stopped during boot: nothing was registered")
-            return ExitCode.OK
+                logger.info("stopped during boot: nothing was registered")
+                return ExitCode.OK
+            finally:
+                # Only now, outside `boot`: cancelling an outer scope earlier would swallow
+                # boot's own cancellation (and the exit code with it).
+                signals.cancel_scope.cancel()
     finally:
         connections.close()
 
@@ -116,6 +118,16 @@ async def _serve(
 ) -> ExitCode:
     try:
         async with open_pool(config.to_pool_settings()) as pool:
+            logger.info(
+                "connecting",
+                extra={
+                    "fields": {
+                        "storage": config.storage.target,
+                        "scheduler": config.scheduler.target,
+                        "within_sec": config.grpc.rpc_timeout_sec,
+                    }
+                },
+            )
             try:
                 await connections.wait_ready(config.grpc.rpc_timeout_sec)
             except ConnectFailed as error:
@@ -140,7 +152,20 @@ async def _serve(
             stopper.hand_over(runtime.request_stop)
             return await runtime.run()
     except PoolInitError as error:
-        logger.error("executor pool failed to start: %s", error)
+        if stopper.stopped_during_boot:
+            return ExitCode.OK  # the signal interrupted the executors' start
+        bin_path = config.task_executor.bin_path
+        if bin_path is not None:
+            # Spider's native executor speaks another framing: say which key to look at.
+            logger.error(
+                "executor pool failed to start: %s (task_executor.bin_path %s must speak this"
+                " worker's executor channel; Spider's native executor needs"
+                " task_executor.protocol: spider, which is not implemented)",
+                error,
+                bin_path,
+            )
+        else:
+            logger.error("executor pool failed to start: %s", error)
         return ExitCode.FATAL
 
 

@@ -164,3 +164,27 @@ async def test_no_thread_per_call_and_no_leak(
     channel_threads = len(channels.channels)
     assert len(peak) <= len(baseline) + channel_threads, (baseline, peak)
     assert len(after) <= len(baseline) + channel_threads, (baseline, after)
+
+
+async def test_every_call_carries_its_deadline_on_the_wire(
+    server: ScriptedServer, channels: ChannelPool
+) -> None:
+    remaining: dict[str, float] = {}
+
+    def remember(method: str, response: bytes) -> Any:
+        def behaviour(_request: bytes, context: Any) -> bytes:
+            remaining[method] = context.time_remaining()
+            return response
+
+        return behaviour
+
+    server.on(METHOD_PATHS[Rpc.NEXT_TASK], remember("next_task", NO_TASK))
+    server.on(METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT], remember("heartbeat", b""))
+    scheduler = GrpcSchedulerClient(channels, rpc_timeout_sec=10)
+    with trio.fail_after(20):
+        await scheduler.next_task(EM_ID, None, 5000)
+        await scheduler.heartbeat(EM_ID)
+    # NextTask: wait_time_ms (5 s) + rpc_timeout_sec (10 s); others: rpc_timeout_sec. The
+    # grpc-timeout header is rounded up to its unit, hence the small margin above.
+    assert 10 < remaining["next_task"] <= 15.5
+    assert 5 < remaining["heartbeat"] <= 10.5

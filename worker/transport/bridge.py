@@ -4,7 +4,8 @@ grpcio has no trio integration, and a blocking call in a worker thread cannot be
 a trio cancel scope. Instead every call goes through the call future
 (``multi_callable.future(request, timeout=...)``): grpcio completes it on its own completion
 thread, whose done-callback only hands control back to trio
-(``TrioToken.run_sync_soon``) - no thread per call. A trio cancellation cancels the future,
+(``TrioToken.run_sync_soon``; answers arriving in a burst share one wake-up) - no thread per
+call. A trio cancellation cancels the future,
 which resets the HTTP/2 stream (the server sees the cancellation), and returns at once; the
 result of a cancelled call is discarded.
 

@@ -8,7 +8,8 @@ loopback with real worker processes, a job of trivial tasks with 1, 2 and 4 work
   *poll* (time the delivering ``NextTask`` spent in the scheduler), *register* (assignment
   delivered → ``RegisterTaskInstance`` answered: worker turnaround plus the storage call),
   *execute* (registration answered → ``ReportTaskSuccess`` arrived: executor round trip plus
-  sending the report), *report* (storage's handling of the report) and *cycle* (one delivery to
+  sending the report), *report* (storage's handling of the report), *storage register* (storage's
+  handling of the registration, part of *register*) and *cycle* (one delivery to
   the same worker's next). *next poll - report* is when the next ``NextTask`` reached the
   scheduler relative to the report reaching storage: negative means the report was not on the
   critical path;
@@ -22,6 +23,7 @@ Prints markdown tables; figures only, never pass/fail.
 from __future__ import annotations
 
 import argparse
+import bisect
 import itertools
 import logging
 import statistics
@@ -139,6 +141,7 @@ def _run_cluster(workers: int, tasks: int, workdir: Path) -> _RunResult:
 def _breakdown(timeline: _Timeline) -> dict[str, list[float]]:
     parts: dict[str, list[float]] = defaultdict(list)
     by_worker: dict[int, list[float]] = defaultdict(list)
+    poll_starts = {em_id: sorted(starts) for em_id, starts in timeline.poll_starts.items()}
     for key, (em_id, poll_start, poll_end) in timeline.polls.items():
         register = timeline.registers.get(key)
         report = timeline.reports.get(key)
@@ -148,10 +151,13 @@ def _breakdown(timeline: _Timeline) -> dict[str, list[float]]:
         parts["register"].append(register[1] - poll_end)
         parts["execute"].append(report[0] - register[1])
         parts["report"].append(report[1] - report[0])
+        parts["storage register"].append(register[1] - register[0])
         by_worker[em_id].append(poll_end)
-        later_polls = [t for t in timeline.poll_starts[em_id] if t > register[1]]
-        if later_polls:
-            parts["next poll - report"].append(min(later_polls) - report[0])
+        # The worker's first NextTask after its registration was answered.
+        starts = poll_starts[em_id]
+        later = bisect.bisect_right(starts, register[1])
+        if later < len(starts):
+            parts["next poll - report"].append(starts[later] - report[0])
     for deliveries in by_worker.values():
         deliveries.sort()
         parts["cycle"].extend(b - a for a, b in itertools.pairwise(deliveries))
@@ -273,7 +279,15 @@ def main(argv: Sequence[str]) -> int:
         share = f"{rate * floor_per_task / r.workers:.0%}"
         print(f"| {r.workers} | {r.tasks} | {r.seconds:.2f} | {rate:.0f} | {share} |")
     print("\n### Per-task latency (ms; median / p90, server-side timestamps)\n")
-    names = ["poll", "register", "execute", "report", "cycle", "next poll - report"]
+    names = [
+        "poll",
+        "register",
+        "storage register",
+        "execute",
+        "report",
+        "cycle",
+        "next poll - report",
+    ]
     print("| workers | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for r in results:

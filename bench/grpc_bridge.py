@@ -57,14 +57,13 @@ def _start_server() -> tuple[Any, int]:
     return server, port
 
 
-def _blocking(stub: Any, calls: int, callers: int) -> float:
-    """Seconds for ``calls`` blocking calls spread over ``callers`` threads."""
-    request = scheduler_pb2.HeartbeatRequest(execution_manager_id=1)
+def _threaded(call: Callable[[], object], calls: int, callers: int) -> float:
+    """Seconds for ``calls`` runs of ``call`` spread over ``callers`` threads."""
     per_caller = calls // callers
 
     def caller() -> None:
         for _ in range(per_caller):
-            stub.Heartbeat(request, timeout=DEADLINE_SEC)
+            call()
 
     threads = [threading.Thread(target=caller) for _ in range(callers)]
     started = time.perf_counter()
@@ -73,24 +72,20 @@ def _blocking(stub: Any, calls: int, callers: int) -> float:
     for thread in threads:
         thread.join()
     return time.perf_counter() - started
+
+
+def _blocking(stub: Any, calls: int, callers: int) -> float:
+    """Seconds for ``calls`` blocking calls spread over ``callers`` threads."""
+    request = scheduler_pb2.HeartbeatRequest(execution_manager_id=1)
+    return _threaded(lambda: stub.Heartbeat(request, timeout=DEADLINE_SEC), calls, callers)
 
 
 def _futures(stub: Any, calls: int, callers: int) -> float:
     """Seconds for ``calls`` calls through grpcio's futures, each awaited with ``result()``."""
     request = scheduler_pb2.HeartbeatRequest(execution_manager_id=1)
-    per_caller = calls // callers
-
-    def caller() -> None:
-        for _ in range(per_caller):
-            stub.Heartbeat.future(request, timeout=DEADLINE_SEC).result()
-
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
+    return _threaded(
+        lambda: stub.Heartbeat.future(request, timeout=DEADLINE_SEC).result(), calls, callers
+    )
 
 
 def _bridged(stub: Any, calls: int, callers: int) -> float:

@@ -20,6 +20,7 @@ from worker.config import (
 from worker.config_reference import collect_keys
 from worker.executor.settings import PoolSettings
 from worker.runtime.settings import RuntimeSettings
+from worker.transport.channels import ChannelOptions
 
 # A worker configuration as Spider's deployment files write it (integers for the intervals).
 SPIDER_YAML = """\
@@ -116,6 +117,7 @@ def test_every_extension_key_is_read(minimal: dict[str, Any], tmp_path: Path) ->
     )
     minimal["task_executor"].update(
         bin_path=str(binary),
+        inherited_env=["LANG", "TZ"],
         kill_grace_ms=7,
         ready_timeout_sec=1.5,
         close_grace_ms=8,
@@ -143,7 +145,7 @@ def test_every_extension_key_is_read(minimal: dict[str, Any], tmp_path: Path) ->
         package_dir=tmp_path,
         bin_path=binary,
         max_log_line_bytes=65536,
-        inherited_env=(),
+        inherited_env=("LANG", "TZ"),
         kill_grace_ms=7,
         ready_timeout_sec=1.5,
         close_grace_ms=8,
@@ -155,6 +157,12 @@ def test_every_extension_key_is_read(minimal: dict[str, Any], tmp_path: Path) ->
         log_drain_timeout_sec=13.0,
         output_limit_bytes=1000,
         slots=1,
+    )
+    assert config.to_channel_options() == ChannelOptions(
+        max_send_bytes=1000,
+        max_receive_bytes=2000,
+        reconnect_initial_sec=0.01,
+        reconnect_max_sec=5.0,
     )
     assert config.grpc.max_receive_bytes == 2000
     assert (config.log.format, config.log.level) == ("json", "debug")
@@ -191,11 +199,16 @@ def test_every_extension_key_is_read(minimal: dict[str, Any], tmp_path: Path) ->
         ),
         (
             lambda d: d.update(scheduler_poll_wait_ms=-1),
-            "config error: scheduler_poll_wait_ms: must be an integer >= 0, got -1",
+            "config error: scheduler_poll_wait_ms: must be an integer in 0..2**64-1, got -1",
         ),
         (
             lambda d: d.update(scheduler_poll_wait_ms=1.5),
-            "config error: scheduler_poll_wait_ms: must be an integer >= 0, got 1.5",
+            "config error: scheduler_poll_wait_ms: must be an integer in 0..2**64-1, got 1.5",
+        ),
+        (
+            lambda d: d.update(scheduler_poll_wait_ms=2**64),
+            "config error: scheduler_poll_wait_ms: must be an integer in 0..2**64-1,"
+            " got 18446744073709551616",
         ),
         (lambda d: d.pop("liveness"), "config error: liveness: missing required key"),
         (

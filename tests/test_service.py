@@ -55,6 +55,11 @@ def one_second():
 def forever():
     (HERE / "started").write_text("yes")
     time.sleep(600)
+
+
+def chatty():
+    print("a line for the executor-log sink", flush=True)
+    time.sleep(600)
 """
 
 # An executor command that leaves a mark when it is started (to prove none was).
@@ -182,7 +187,7 @@ class WorkerProcess:
                 try:
                     self.lines.append(json.loads(raw))
                 except json.JSONDecodeError:
-                    self.lines.append({"message": raw.decode(errors="replace")})
+                    self.lines.append({"message": raw.decode(errors="replace"), "unparsed": True})
             self._changed.set()
             self._changed = trio.Event()
 
@@ -571,3 +576,99 @@ async def test_signal_while_connecting_aborts_the_boot_with_exit_0(
             assert worker.process.returncode == 0, messages(worker)
     assert "stopped during boot: nothing was registered" in messages(worker)
     assert storage.calls() == []
+
+
+# --- Failures after boot and signals before trio ----------------------------------------------
+
+
+async def test_broken_executor_log_sink_is_one_error_line_and_exit_1(
+    servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
+    storage, scheduler = servers
+    FakeCluster(storage, scheduler, "chatty")
+    config = write_config(tmp_path, storage.port, scheduler.port)
+    # Executor log lines go to the worker's stdout; /dev/full fails every flush (ENOSPC).
+    with trio.fail_after(120):
+        async with running_worker(config, Path("/dev/full")) as worker:
+            pass
+        assert worker.process.returncode == 1, messages(worker)
+    failures = [line for line in worker.lines if line.get("level") in {"error", "critical"}]
+    pool_failures = [
+        line for line in failures if str(line.get("message")).startswith("executor pool failed:")
+    ]
+    assert len(pool_failures) == 1, failures
+    assert "log sink" in pool_failures[0]["message"]
+    assert "internal error" not in messages(worker)
+    assert all("exc" not in line for line in failures)
+    # The task was registered before it printed: its record still goes out with Shutdown.
+    (shutdown,) = scheduler.calls(SCHEDULER + "Shutdown")
+    goodbye = scheduler_pb2.ShutdownRequest.FromString(shutdown.request)
+    assert [str(record_from_proto(r)) for r in goodbye.prev_assignments] == ["{id: 0, from: 3}"]
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (Linux ``SigCgt``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize(("bad_config", "expected_code"), [(False, 0), (True, 2)])
+async def test_sigterm_before_trio_listens_is_kept_and_aborts_the_boot(
+    servers: tuple[ScriptedServer, ScriptedServer],
+    tmp_path: Path,
+    bad_config: bool,
+    expected_code: int,
+) -> None:
+    storage, scheduler = servers
+    executor = make_marking_executor(tmp_path)
+    written = write_config(
+        tmp_path,
+        storage.port,
+        scheduler.port,
+        task_executor={"bin_path": str(executor)},
+        **({"connection_pool_size": 0} if bad_config else {}),
+    )
+    # The worker reads its config from a FIFO, so it is held before trio starts until we write.
+    fifo = tmp_path / "held.yaml"
+    os.mkfifo(fifo)
+    with trio.fail_after(120):
+        async with running_worker(fifo, tmp_path / "stdout.log") as worker:
+            while not _catches(worker.process.pid, signal.SIGTERM):
+                assert worker.process.returncode is None, messages(worker)
+                await trio.sleep(0.01)  # polling a condition, bounded by fail_after
+            worker.signal(signal.SIGTERM)
+            # Open the FIFO without blocking the event loop: the reader is already waiting.
+            await trio.to_thread.run_sync(fifo.write_text, written.read_text())
+        # Never death by signal; a bad file still wins (2 > 0) and is its one line.
+        assert worker.process.returncode == expected_code, messages(worker)
+    if bad_config:
+        assert messages(worker) == [
+            "config error: connection_pool_size: must be an integer > 0, got 0"
+        ]
+    else:
+        assert "stopped during boot: nothing was registered" in messages(worker)
+        received = [line for line in worker.lines if line.get("message") == "signal received"]
+        assert [(r["signal"], r["before_trio"]) for r in received] == [("SIGTERM", True)]
+    assert storage.calls() == []
+    assert scheduler.calls() == []
+    assert not (tmp_path / "executor-started").exists()
+
+
+async def test_a_server_going_away_leaves_only_json_lines_on_stderr(
+    servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
+    storage, scheduler = servers
+    cluster = FakeCluster(storage, scheduler, "one_second")
+    cluster._assigned = True  # idle: every poll answers no_task
+    config = write_config(tmp_path, storage.port, scheduler.port)
+    with trio.fail_after(120):
+        async with running_worker(config, tmp_path / "stdout.log") as worker:
+            await worker.wait_for_state("Awaiting", count=2)
+            # The scheduler goes away (HTTP/2 GOAWAY): grpc's C core notices before NextTask fails.
+            await trio.to_thread.run_sync(scheduler.stop)
+            await worker.wait_for_log(lambda line: line.get("message") == "NextTask failed")
+            worker.signal(signal.SIGTERM)
+        assert worker.process.returncode == 0, messages(worker)
+    assert [line["message"] for line in worker.lines if line.get("unparsed")] == []

@@ -70,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in COMMANDS:
         return _load(COMMANDS[args[0]][0])(args[1:])
     if args[0].startswith("-"):
+        # Before the (slow) import of the service: a stop signal from now on is kept, not fatal,
+        # and grpc's C core, configured at its import, keeps its plain-text lines off the log.
+        from worker.logging_setup import quiet_grpc_core
+        from worker.signal_latch import install_latch
+
+        install_latch()
+        quiet_grpc_core()
         return _load(WORKER_COMMAND)(args)
     print(f"worker: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
     return EXIT_CONFIG

@@ -27,6 +27,7 @@ import yaml
 if TYPE_CHECKING:
     from worker.executor.settings import PoolSettings
     from worker.runtime.settings import RuntimeSettings
+    from worker.transport.channels import ChannelOptions
 
 __all__ = [
     "ENV_OVERRIDES",
@@ -52,6 +53,7 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
     "WORKER_SCHEDULER_PORT": ("scheduler", "port"),
 }
 
+_UINT64_MAX: Final = 2**64 - 1
 _FRAME_HEADROOM: Final = 64 * 1024  # executor.md 2.3: a frame must hold LIMIT plus its envelope
 
 
@@ -87,7 +89,9 @@ def _is_int(value: object) -> bool:
 
 
 def _integer(minimum: int, maximum: int | None = None) -> _Check:
-    if maximum is not None:
+    if maximum == _UINT64_MAX:  # a uint64 on the wire
+        description = f"an integer in {minimum}..2**64-1"
+    elif maximum is not None:
         description = f"an integer in {minimum}..{maximum}"
     else:
         description = "an integer > 0" if minimum == 1 else f"an integer >= {minimum}"
@@ -395,10 +399,18 @@ class BackoffConfig:
     """Exponential backoff with jitter after transport errors (no hot loops)."""
 
     initial_sec: float = attrs.field(
-        default=0.1, metadata=_key("First backoff delay, in seconds.", _positive_number())
+        default=0.1,
+        metadata=_key(
+            "First backoff delay, in seconds (also of gRPC reconnection attempts).",
+            _positive_number(),
+        ),
     )
     max_sec: float = attrs.field(
-        default=2.0, metadata=_key("Largest backoff delay, in seconds.", _positive_number())
+        default=2.0,
+        metadata=_key(
+            "Largest backoff delay, in seconds (also between gRPC reconnection attempts).",
+            _positive_number(),
+        ),
     )
 
 
@@ -433,7 +445,8 @@ class WorkerConfig:
     )
     scheduler_poll_wait_ms: int = attrs.field(
         metadata=_key(
-            "Long-poll budget sent as NextTask's wait_time_ms (0: do not wait).", _integer(0)
+            "Long-poll budget sent as NextTask's wait_time_ms (0: do not wait).",
+            _integer(0, _UINT64_MAX),
         )
     )
     liveness: LivenessConfig = attrs.field(metadata=_block("Heartbeat periods."))
@@ -471,18 +484,27 @@ class WorkerConfig:
             max_send_bytes=self.grpc.max_send_bytes,
         )
 
+    def to_channel_options(self) -> ChannelOptions:
+        """The gRPC channels' size limits; reconnects back off like every other retry."""
+        from worker.transport.channels import ChannelOptions
+
+        return ChannelOptions(
+            max_send_bytes=self.grpc.max_send_bytes,
+            max_receive_bytes=self.grpc.max_receive_bytes,
+            reconnect_initial_sec=self.backoff.initial_sec,
+            reconnect_max_sec=self.backoff.max_sec,
+        )
+
     def to_pool_settings(self) -> PoolSettings:
         """The executor pool's settings (one slot: the worker runs one task at a time)."""
         from worker.executor.settings import PoolSettings
 
         executor = self.task_executor
-        # PoolSettings converts inherited_env with ``tuple``, whose generic signature mypy
-        # cannot match against a concrete tuple; the value is already a tuple of names.
-        untyped: dict[str, Any] = {"inherited_env": executor.inherited_env}
         return PoolSettings(
             package_dir=executor.package_dir,
             bin_path=executor.bin_path,
             max_log_line_bytes=executor.max_log_line_bytes,
+            inherited_env=executor.inherited_env,
             kill_grace_ms=executor.kill_grace_ms,
             ready_timeout_sec=executor.ready_timeout_sec,
             close_grace_ms=executor.close_grace_ms,
@@ -494,7 +516,6 @@ class WorkerConfig:
             log_drain_timeout_sec=executor.log_drain_timeout_sec,
             output_limit_bytes=self.grpc.max_send_bytes,
             slots=1,
-            **untyped,
         )
 
 

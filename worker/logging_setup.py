@@ -10,11 +10,18 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
-__all__ = ["ConsoleFormatter", "JsonFormatter", "configure_logging", "resolve_format"]
+__all__ = [
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "configure_logging",
+    "quiet_grpc_core",
+    "resolve_format",
+]
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -102,3 +109,13 @@ def configure_logging(
     logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.captureWarnings(True)
     return chosen
+
+
+def quiet_grpc_core(environ: MutableMapping[str, str] | None = None) -> None:
+    """Limit grpc's C core to errors on stderr, unless ``GRPC_VERBOSITY`` is already set.
+
+    The core writes its own plain-text lines straight to file descriptor 2 (for example an
+    INFO line "Got goaway" whenever a server restarts), which would break the JSON-lines log.
+    It reads the variable once, when ``grpc`` is imported: call this before that import.
+    """
+    (os.environ if environ is None else environ).setdefault("GRPC_VERBOSITY", "ERROR")

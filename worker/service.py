@@ -5,7 +5,8 @@ stderr and exit 2, before any connection or executor); set up logging; open the 
 connect to both servers (bounded by ``grpc.rpc_timeout_sec``; connecting sends no RPC; failure
 is exit 1); the runtime registers and serves. SIGTERM or SIGINT drains, a second one forces the
 stop; the exit code is the runtime's (section 6.11). The pool and the channels are closed on
-exit.
+exit. A stop signal that arrives before trio listens is kept by ``worker.signal_latch`` and
+acted on as soon as trio does (a signal during boot aborts it: exit 0).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import trio
 
 from worker.config import ConfigError, WorkerConfig, load_config
 from worker.core.ports import Executor
-from worker.errors import PoolInitError
+from worker.errors import ExecutorPoolError, PoolInitError
 from worker.executor.pool import open_pool
 from worker.exit_codes import ExitCode
 from worker.logging_setup import configure_logging
 from worker.runtime.runtime import WorkerRuntime
-from worker.transport.channels import ChannelOptions
+from worker.signal_latch import STOP_SIGNALS, SignalLatch, install_latch
 from worker.transport.connections import ClusterConnections, ConnectFailed
 
 __all__ = ["main", "run_worker"]
@@ -71,28 +72,37 @@ class _Stopper:
             self._boot.cancel()
 
 
-async def _forward_signals(stop: Callable[[], None], *, task_status: trio.TaskStatus[None]) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+def _on_signal(signum: int, stop: Callable[[], None], *, early: bool = False) -> None:
+    fields = {"signal": signal.Signals(signum).name, "before_trio": early}
+    logger.info("signal received", extra={"fields": fields})
+    stop()
+
+
+async def _forward_signals(
+    stop: Callable[[], None], latch: SignalLatch | None, *, task_status: trio.TaskStatus[None]
+) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         task_status.started()
+        # Trio listens now: signals the latch kept until here are handled first, in order.
+        for signum in latch.take() if latch is not None else ():
+            _on_signal(signum, stop, early=True)
         async for signum in signals:
-            logger.info(
-                "signal received", extra={"fields": {"signal": signal.Signals(signum).name}}
-            )
-            stop()
+            _on_signal(signum, stop)
 
 
-async def run_worker(config: WorkerConfig) -> ExitCode:
+async def run_worker(config: WorkerConfig, latch: SignalLatch | None = None) -> ExitCode:
     """Run one worker with ``config`` until it stops; return its exit code.
 
     The pool and the channels belong to this function: the pool starts first, then both
     servers are connected (no RPC), then the runtime registers and serves; both are closed
     after the runtime returned. A signal before the runtime took over aborts the boot: exit 0.
+    Signals recorded by ``latch`` before trio listened count as arriving at the start.
     """
     connections = ClusterConnections(
         storage=(config.storage.host, config.storage.port),
         scheduler=(config.scheduler.host, config.scheduler.port),
         pool_size=config.connection_pool_size,
-        options=ChannelOptions(config.grpc.max_send_bytes, config.grpc.max_receive_bytes),
+        options=config.to_channel_options(),
         rpc_timeout_sec=config.grpc.rpc_timeout_sec,
     )
     try:
@@ -101,7 +111,7 @@ async def run_worker(config: WorkerConfig) -> ExitCode:
                 # Everything nests inside `boot`; only a signal before the hand-over cancels it.
                 with trio.CancelScope() as boot:
                     stopper = _Stopper(boot)
-                    await signals.start(_forward_signals, stopper)
+                    await signals.start(_forward_signals, stopper, latch)
                     return await _serve(config, connections, stopper)
                 logger.info("stopped during boot: nothing was registered")
                 return ExitCode.OK
@@ -142,6 +152,9 @@ async def _serve(
                     }
                 },
             )
+            # The pool stays ours rather than the runtime's: section 6.1 orders pool -> connect
+            # -> register, and connecting happens here, between the two (the runtime would open
+            # the pool right before registering, after the connect).
             runtime = WorkerRuntime(
                 config.to_runtime_settings(),
                 scheduler=connections.scheduler,
@@ -151,9 +164,14 @@ async def _serve(
             )
             stopper.hand_over(runtime.request_stop)
             return await runtime.run()
-    except PoolInitError as error:
+    except ExecutorPoolError as error:
         if stopper.stopped_during_boot:
             return ExitCode.OK  # the signal interrupted the executors' start
+        if not isinstance(error, PoolInitError):
+            # Broken while serving or closing (e.g. its log sink failed): fatal, 1 outranks
+            # whatever the runtime would have returned.
+            logger.error("executor pool failed: %s", error)
+            return ExitCode.FATAL
         bin_path = config.task_executor.bin_path
         if bin_path is not None:
             # Spider's native executor speaks another framing: say which key to look at.
@@ -171,6 +189,7 @@ async def _serve(
 
 def main(argv: Sequence[str]) -> int:
     """``python -m worker --config FILE``: the process exit code."""
+    latch = install_latch()  # usually already installed by worker.cli, before this import
     parser = _parser()
     parser.add_argument(
         "-c", "--config", required=True, type=Path, metavar="FILE", help="the YAML config file"
@@ -201,9 +220,7 @@ def main(argv: Sequence[str]) -> int:
         },
     )
     try:
-        code = trio.run(run_worker, config)
-    except KeyboardInterrupt:  # before trio took SIGINT over: nothing had started yet
-        return ExitCode.OK
+        code = trio.run(run_worker, config, latch)
     except Exception:
         logger.critical("internal error", exc_info=True)
         return ExitCode.FATAL

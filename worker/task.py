@@ -131,18 +131,9 @@ class TaskContext:
         ``GraphOutputsDecodeError`` too.
         """
         if self._decoded is None:
-            from worker.executor.wire import (
-                FrameDecodeError,
-                GraphOutputsDecodeError,
-                decode_payload,
-            )
+            from worker.executor.wire import decode_graph_payloads
 
-            try:
-                self._decoded = [
-                    decode_payload(p, i) for i, p in enumerate(self.raw_graph_outputs())
-                ]
-            except FrameDecodeError as exc:
-                raise GraphOutputsDecodeError(f"graph outputs: {exc}") from None
+            self._decoded = decode_graph_payloads(self.raw_graph_outputs())
         return list(self._decoded)
 
     def __repr__(self) -> str:

@@ -25,7 +25,7 @@ from worker.executor.wire import (
     OutputEncodeError,
     decode_frame,
     decode_graph_outputs,
-    decode_payload,
+    decode_graph_payloads,
     decode_values,
     encode_frame,
     encode_graph_outputs,
@@ -79,10 +79,4 @@ def encode_graph_output_values(values: Sequence[Any], *, compress: bool | None =
 
 def decode_graph_output_values(data: bytes, *, max_bytes: int = 8 * 1024 * 1024) -> list[Any]:
     """The job outputs in a ``SerializedTaskOutputs`` buffer, decoded."""
-    try:
-        return [
-            decode_payload(p, i)
-            for i, p in enumerate(decode_graph_outputs(data, max_bytes=max_bytes))
-        ]
-    except FrameDecodeError as exc:
-        raise GraphOutputsDecodeError(f"graph outputs: {exc}") from None
+    return decode_graph_payloads(decode_graph_outputs(data, max_bytes=max_bytes))

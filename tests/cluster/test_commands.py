@@ -3,17 +3,22 @@ exit codes for a failing job and a bad job file."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.cluster.harness import TASKS_DIR
-from worker.cluster.processes import WorkerProcess, worker_environment
+from tests.cluster.harness import TASKS_DIR, wait_for
+from worker.cluster.processes import WorkerProcess, descendants, worker_environment
+from worker.cluster.storage import JobState
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -192,3 +197,159 @@ def test_local_exits_1_for_a_failed_job_and_2_for_a_bad_job_file(tmp_path: Path)
     rejected = _run(["local", str(bad)], tmp_path)
     assert rejected.returncode == 2
     assert "task 'x': inputs[0]: unknown task 'y'" in rejected.stdout
+
+
+def _running_tasks(database: Path) -> int:
+    """How many task rows the local run's storage has marked running (read-only, WAL)."""
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+            return int(
+                conn.execute("SELECT count(*) FROM tasks WHERE state='running'").fetchone()[0]
+            )
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
+
+
+def _job_state_in(database: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT state FROM jobs").fetchone()[0])
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_ctrl_c_to_local_mid_task_stops_workers_and_cluster_and_exits_130(
+    tmp_path: Path, interrupts: int
+) -> None:
+    # One interrupt drains: the 3 s task finishes and is reported. A second one kills at once,
+    # so a 120 s task must not hold the command up.
+    seconds = 3 if interrupts == 1 else 120
+    job = _job_file(
+        tmp_path / "slow.yaml",
+        [{"name": "s", "module": "cluster_tasks", "function": "sleepy", "inputs": [seconds, 5]}],
+    )
+    database = tmp_path / "local.db"
+    output = (tmp_path / "local.out").open("w")
+    local = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "worker", "local", str(job), "--workers", "2"),
+            *("--db", str(database), "--workdir", str(tmp_path / "work"), "--no-progress"),
+            *("--heartbeat-sec", "0.2", "--poll-wait-ms", "200"),
+        ],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=worker_environment(),
+        cwd=tmp_path,
+        start_new_session=True,
+    )
+    family: dict[int, bytes] = {}
+    try:
+        wait_for(lambda: _running_tasks(database) == 1 or local.poll() is not None, 120, "task")
+        assert local.poll() is None, (tmp_path / "local.out").read_text()
+        # The two workers and their executors, remembered with their command lines.
+        family = {pid: _cmdline(pid) for pid in descendants(local.pid)}
+        assert sum(b"-c" in cmd and b"worker" in cmd for cmd in family.values()) >= 2
+        local.send_signal(signal.SIGINT)
+        if interrupts == 2:
+            time.sleep(0.5)  # let the drain start; either way a second Ctrl-C must kill
+            local.send_signal(signal.SIGINT)
+        code = local.wait(timeout=90)
+    finally:
+        if local.poll() is None:
+            os.killpg(local.pid, signal.SIGKILL)
+            local.wait(10)
+        output.close()
+    text = (tmp_path / "local.out").read_text()
+    assert code == 130, text
+    assert "local: interrupted; workers stopped" in text
+    leftovers = [pid for pid, cmd in family.items() if cmd and _cmdline(pid) == cmd and _alive(pid)]
+    for pid in leftovers:  # do not leak them into the rest of the suite
+        os.kill(pid, signal.SIGKILL)
+    assert leftovers == [], text
+    if interrupts == 1:
+        # The drained worker finished the running task and reported it before the cluster stopped.
+        assert _job_state_in(database) == JobState.SUCCEEDED
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in {"Z", "X"}
+
+
+def test_submit_names_the_problem_for_a_bad_file_and_an_unreachable_storage(
+    tmp_path: Path,
+) -> None:
+    bad = _job_file(
+        tmp_path / "bad.yaml",
+        [{"name": "x", "module": "cluster_tasks", "function": "echo", "retries": -1}],
+    )
+    rejected = _run(["submit", str(bad), "--port", "1"], tmp_path, timeout=60)
+    assert rejected.returncode == 2, rejected.stdout + rejected.stderr
+    assert "task 'x': retries: must be an integer >= 0, got -1" in rejected.stdout
+    good = _job_file(
+        tmp_path / "good.yaml", [{"name": "x", "module": "cluster_tasks", "function": "echo"}]
+    )
+    # Port 1 on loopback: nothing listens there.
+    unreachable = _run(["submit", str(good), "--port", "1"], tmp_path, timeout=60)
+    assert unreachable.returncode == 3, unreachable.stdout + unreachable.stderr
+    assert unreachable.stderr == "", unreachable.stderr
+    assert unreachable.stdout.startswith("submit: storage at 127.0.0.1:1: UNAVAILABLE: ")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--workers", "0"], "local: --workers must be at least 1"),
+        (["--timeout", "0"], "local: --timeout must be > 0"),
+        (["--poll-wait-ms", "-1"], "local: --poll-wait-ms must be >= 0"),
+        (["--heartbeat-sec", "0"], "local: --heartbeat-sec must be > 0"),
+    ],
+)
+def test_local_rejects_bad_options_before_starting_anything(
+    option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cluster import local
+
+    assert local.main(option) == local.EXIT_USAGE
+    assert capsys.readouterr().out.strip() == message
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--gc-interval-sec", "0"], "cluster: --gc-interval-sec must be > 0, got 0"),
+        (["--liveness-interval-ms", "0"], "cluster: --liveness-interval-ms must be > 0, got 0"),
+        (["--stale-cutoff-sec", "-1"], "cluster: --stale-cutoff-sec must be > 0, got -1"),
+        (["--storage-port", "70000"], "cluster: --storage-port must be in 0..65535, got 70000"),
+    ],
+)
+def test_cluster_rejects_bad_options_before_serving(
+    option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cluster import serve
+
+    assert serve.main(option) == serve.EXIT_USAGE
+    assert capsys.readouterr().out.strip() == message
+
+
+def test_cluster_names_a_database_it_cannot_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker.cluster import serve
+
+    database = tmp_path / "missing" / "c.db"
+    ports = ["--storage-port", "0", "--scheduler-port", "0"]
+    assert serve.main([*ports, "--db", str(database)]) == serve.EXIT_FAILED
+    assert capsys.readouterr().out.strip() == (
+        f"cluster: cannot start: unable to open database file (database {database})"
+    )

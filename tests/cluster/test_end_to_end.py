@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -23,17 +22,6 @@ from worker.cluster.storage import JobState
 from worker.examples.fibonacci_tasks import fibonacci
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-@pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[E2E]:
-    harness = E2E(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-        leftovers = {w.name: w.leftovers() for w in harness.workers if w.leftovers()}
-        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def _sleepy_job(count: int, seconds: float, name: str = "sleepy") -> JobBuilder:

@@ -18,7 +18,7 @@ import pytest
 from tests.cluster.harness import E2E, TASKS_DIR, wait_for
 from worker.cluster.jobs import JobBuilder, TaskTimeouts
 from worker.cluster.servers import Delay, Fail, FaultHooks
-from worker.cluster.storage import JobState
+from worker.cluster.storage import JobState, Lane
 from worker.errors import StatusCode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -27,17 +27,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 SILENT_LIVENESS = {
     "liveness": {"storage_heartbeat_interval_sec": 60, "scheduler_heartbeat_interval_sec": 0.1}
 }
-
-
-@pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[E2E]:
-    harness = E2E(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-        leftovers = {w.name: w.leftovers() for w in harness.workers if w.leftovers()}
-        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 class Requests:
@@ -283,4 +272,58 @@ def test_transient_errors_everywhere_back_off_and_lose_nothing(e2e: E2E) -> None
         30,
         "the ack",
     )
+    assert worker.poll() is None
+
+
+def test_e2_an_old_session_assignment_is_acked_without_a_storage_call(
+    e2e: E2E, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E2's race: the worker learned the new session from a heartbeat before the scheduler did."""
+    storage, scheduler = e2e.cluster.storage, e2e.cluster.scheduler
+    requests = Requests()
+    e2e.cluster.storage_server.hooks.observer = requests
+    worker, _ = e2e.start_worker()
+    old_session = storage.session_id
+    # Freeze the scheduler's inbound pump: it keeps its session and receives nothing.
+    pump_frozen = threading.Event()
+    pump_frozen.set()
+    real_poll = storage.poll_ready
+
+    gated = threading.Event()
+
+    def gated_poll(lanes: tuple[Lane, ...], max_items: int, wait: float) -> Any:
+        if pump_frozen.is_set():
+            gated.set()
+            time.sleep(0.01)
+            return scheduler.session_id, []
+        return real_poll(lanes, max_items, wait)
+
+    monkeypatch.setattr(storage, "poll_ready", gated_poll)
+    wait_for(gated.is_set, 30, "the pump to leave its last real poll")
+    job_id = e2e.submit(_one_task("e2-race").build())
+    _, (entry,) = real_poll(tuple(Lane), 10, 0)  # what the scheduler would have pulled
+    new_session = e2e.cluster.restart_storage()
+    # The worker logs this in the same step that advances its tracker (a reply seen by the
+    # server may not have been applied yet).
+    wait_for(
+        lambda: "storage session advanced" in worker.log_text(),
+        30,
+        "the worker to learn the new session from a heartbeat",
+    )
+    assert scheduler.session_id == old_session
+    scheduler.accept(old_session, [entry])
+    wait_for(lambda: bool(scheduler.dispatch_log), 30, "the old-session dispatch")
+    stale = scheduler.dispatch_log[0][1]
+    assert stale.session_id == old_session
+    wait_for(
+        lambda: stale.id in {a.assignment_id for a in scheduler.acks_completed},
+        30,
+        "the ack of the old-session assignment",
+    )
+    pump_frozen.clear()
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED
+    # Dropped without a storage call: the one registration that arrived carries the new session
+    # (the observer sees answered calls only; ``calls`` counts every arrival).
+    assert e2e.cluster.storage_server.hooks.calls["RegisterTaskInstance"] == 1
+    assert [req.session_id for req, _ in requests.of("RegisterTaskInstance")] == [new_session]
     assert worker.poll() is None

@@ -169,6 +169,41 @@ def test_silent_workers_are_removed_and_their_work_rescheduled_once() -> None:
     assert 5 in engine.outstanding()
 
 
+def test_a_no_task_reply_does_not_refresh_liveness_but_an_assignment_does() -> None:
+    clock = Clock()
+    engine = _engine(clock)
+    engine.accept(3, [_ready(1, 0)])
+    taken = engine.next_task(5, None, 0)
+    assert taken is not None
+    clock.now += 0.6
+    assert engine.next_task(5, None, 0) is None
+    clock.now += 0.6
+    assert engine.check_liveness() == [5]
+    engine.heartbeat(6)
+    engine.accept(3, [_ready(2, 0)])
+    clock.now += 0.6
+    assert engine.next_task(6, None, 0) is not None
+    clock.now += 0.6
+    # Refreshed by its assignment 0.6 s ago (its heartbeat was 1.2 s ago): still alive.
+    assert engine.check_liveness() == []
+
+
+def test_shutdown_of_an_unknown_worker_still_processes_its_records_in_order() -> None:
+    engine = _engine()
+    engine.accept(3, [_ready(1, 0), _ready(1, 1)])
+    first = engine.next_task(5, None, 0)
+    second = engine.next_task(5, None, 0)
+    assert first is not None
+    assert second is not None
+    assert not engine.shutdown(9, [(first.id, 7), (second.id, 99)])
+    assert [(s.em_id, s.assignment_id, s.reason) for s in engine.acks_skipped] == [
+        (9, first.id, "unknown worker"),
+        (9, second.id, "stale scheduler"),
+    ]
+    # Worker 5's outstanding work is untouched by another id's shutdown.
+    assert {a.id for a in engine.outstanding()[5]} == {first.id, second.id}
+
+
 def test_reschedule_deduplicates_against_undelivered_entries() -> None:
     engine = _engine()
     engine.accept(3, [_ready(1, 0)])

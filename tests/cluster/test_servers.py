@@ -13,7 +13,7 @@ from worker.cluster.codec import decode_task_outputs
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import JobBuilder, encode_job
 from worker.cluster.scheduler import SchedulerSettings
-from worker.cluster.servers import Delay, Fail, Malformed
+from worker.cluster.servers import Delay, Fail, FaultHooks, Malformed
 from worker.cluster.storage import JobState
 from worker.errors import StatusCode
 from worker.transport._generated.common import common_pb2
@@ -200,11 +200,12 @@ def test_bad_requests_get_codes_and_the_service_keeps_serving(
             storage_pb2.RegisterExecutionManagerRequest(ip_address="x"), timeout=TIMEOUT
         )
     ) == (grpc.StatusCode.INVALID_ARGUMENT)
-    assert _code(
-        lambda: stubs.scheduler.Shutdown(
+    with pytest.raises(grpc.RpcError) as unknown:
+        stubs.scheduler.Shutdown(
             scheduler_pb2.ShutdownRequest(execution_manager_id=4242), timeout=TIMEOUT
         )
-    ) == (grpc.StatusCode.NOT_FOUND)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown.value.details() == "execution manager not found"
     assert _code(lambda: stubs.registration.GetSchedulers(common_pb2.Void(), timeout=TIMEOUT)) == (
         grpc.StatusCode.UNIMPLEMENTED
     )
@@ -259,6 +260,17 @@ def test_client_cancellation_frees_the_long_poll(cluster: EmbeddedCluster, stubs
     # The cancelled poll did not take the work: a new poll gets it at once.
     assert stubs.next_task(em_id, 5000).WhichOneof("result") == "assignment"
     assert len(cluster.scheduler.dispatch_log) == 1
+
+
+def test_hooks_keep_a_bounded_history_of_arrivals() -> None:
+    hooks = FaultHooks(history=3)
+    hooks.script("Heartbeat", *[Fail(StatusCode.UNAVAILABLE)] * 5)
+    for _ in range(10):
+        hooks.take("Heartbeat")
+    assert hooks.calls["Heartbeat"] == 10
+    assert len(hooks.call_times["Heartbeat"]) == 3
+    assert len(hooks.failed_call_times["Heartbeat"]) == 3
+    assert list(hooks.call_times["Heartbeat"]) == sorted(hooks.call_times["Heartbeat"])
 
 
 def test_hooks_script_statuses_delays_and_malformed_responses(
@@ -359,7 +371,7 @@ def test_an_engine_bug_is_internal_and_the_service_keeps_serving(
 ) -> None:
     em_id, session = stubs.register()
 
-    def broken(em_id: int) -> int:
+    def broken(*args: object) -> int:
         raise RuntimeError("bug")
 
     request = storage_pb2.ExecutionManagerIdRequest(execution_manager_id=em_id)
@@ -371,3 +383,10 @@ def test_an_engine_bug_is_internal_and_the_service_keeps_serving(
         assert caught.value.details() == "internal error"
     reply = stubs.liveness.UpdateExecutionManagerHeartbeat(request, timeout=TIMEOUT)
     assert reply.session_id == session
+    # protocol.md §8.3: every INTERNAL of the task-instance service reads the same, bugs included.
+    with monkeypatch.context() as patch:
+        patch.setattr(cluster.storage, "register_task_instance", broken)
+        with pytest.raises(grpc.RpcError) as caught:
+            _register_task(stubs, 1, common_pb2.TaskId(index=0), em_id, session)
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert caught.value.details() == "storage service internal error"

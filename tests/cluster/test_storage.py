@@ -135,6 +135,70 @@ def test_register_task_instance_check_order() -> None:
     assert _fault(register, ready_job, index0, em_id, session).code is StatusCode.INTERNAL
 
 
+def test_register_task_instance_earlier_checks_win_over_later_ones() -> None:
+    engine = _engine()
+    em_id, session = engine.register_execution_manager("0.0.0.0")
+    job_id = engine.submit(JobBuilder("one").task("a", "m", "f", [1]).build())
+    index0 = TaskId.of_index(0)
+    register = engine.register_task_instance
+    unknown_em = 999
+    missing = _fault(register, 4242, None, unknown_em, session + 1)
+    assert (missing.code, missing.message) == (StatusCode.INVALID_ARGUMENT, "task ID is missing")
+    # Step 2 (session) before step 3 (job cache) and everything after it.
+    assert _fault(register, 4242, index0, unknown_em, session + 1).code is StatusCode.NOT_FOUND
+    # Step 3 (job cache) before step 7 (unknown worker).
+    cache = _fault(register, 4242, index0, unknown_em, session)
+    assert cache.message == "cache stale: job not found in cache: 4242"
+    context = register(job_id, index0, em_id, session)
+    # Step 6 (instance limit) before step 7 (unknown worker).
+    assert _fault(register, job_id, index0, unknown_em, session).code is (
+        StatusCode.FAILED_PRECONDITION
+    )
+    engine.report_success(job_id, index0, context.task_instance_id, session, _frame(1))
+    # A finished job: step 4 (job state) answers before the task lookup of step 5.
+    assert _fault(register, job_id, TaskId.of_index(9), em_id, session).code is (
+        StatusCode.FAILED_PRECONDITION
+    )
+    # Step 4's table for the auxiliary tasks of a finished job, then of a running one.
+    for aux in (TaskId.commit(), TaskId.cleanup()):
+        assert _fault(register, job_id, aux, em_id, session).code is StatusCode.FAILED_PRECONDITION
+    running = engine.submit(_chain_job().build())
+    assert _fault(register, running, TaskId.cleanup(), em_id, session).code is StatusCode.INTERNAL
+    first = register(running, index0, em_id, session)
+    engine.report_success(running, index0, first.task_instance_id, session, _frame(1))
+    # Step 6: a terminal task is rejected before the unknown worker of step 7.
+    terminal = _fault(register, running, index0, unknown_em, session)
+    assert terminal.code is StatusCode.FAILED_PRECONDITION
+
+
+def test_report_checks_run_in_the_spec_order() -> None:
+    engine = _engine()
+    em_id, session = engine.register_execution_manager("0.0.0.0")
+    index0 = TaskId.of_index(0)
+    report = engine.report_success
+    # Session before the frame check, the frame before the job cache.
+    assert _fault(report, 4242, index0, 1, session + 1, b"x").code is StatusCode.NOT_FOUND
+    assert _fault(report, 4242, index0, 1, session, b"x").code is StatusCode.INVALID_ARGUMENT
+    assert _fault(report, 4242, index0, 1, session, _frame(1)).code is (
+        StatusCode.FAILED_PRECONDITION
+    )
+    # Commit and cleanup outputs are not frames: no frame check for them.
+    assert _fault(report, 4242, TaskId.commit(), 1, session, b"x").code is (
+        StatusCode.FAILED_PRECONDITION
+    )
+    failure = engine.report_failure
+    assert _fault(failure, 4242, None, 1, session + 1, "e").code is StatusCode.INVALID_ARGUMENT
+    assert _fault(failure, 4242, index0, 1, session + 1, "e").code is StatusCode.NOT_FOUND
+    job_id = engine.submit(JobBuilder("one").task("a", "m", "f", [1]).build())
+    context = engine.register_task_instance(job_id, index0, em_id, session)
+    # A wrong output count is INTERNAL and changes nothing: the instance is still live.
+    assert _fault(report, job_id, index0, context.task_instance_id, session, _frame(1, 2)).code is (
+        StatusCode.INTERNAL
+    )
+    assert context.task_instance_id in engine.live_instances()
+    assert engine.job_state(job_id) is JobState.RUNNING
+
+
 def _encoded(job: object) -> tuple[bytes, bytes]:
     from worker.cluster.jobs import Job, encode_job
 
@@ -232,15 +296,21 @@ def test_reaper_marks_silent_workers_dead_and_requeues_without_spending_retries(
     engine = _engine(clock=clock)
     em_id, session = engine.register_execution_manager("0.0.0.0")
     alive, _ = engine.register_execution_manager("0.0.0.0")
-    job_id = engine.submit(_chain_job().build())
+    job_id = engine.submit(_chain_job(retries=1).build())
     _drain(engine)
     engine.register_task_instance(job_id, TaskId.of_index(0), em_id, session)
-    clock.now += 2
+    clock.now += 0.9
+    engine.heartbeat(alive)
+    engine.collect()
+    assert _drain(engine) == []  # within the stale cutoff (1 s): nobody reaped
+    clock.now += 1.1
     engine.heartbeat(alive)
     engine.collect()
     assert {row.id: row.state for row in engine.db.ems()} == {em_id: "dead", alive: "alive"}
     assert [e.task_id for e in _drain(engine)] == [TaskId.of_index(0)]
-    assert engine.task_rows(job_id)[0].retries_left == 0
+    assert engine.task_rows(job_id)[0].retries_left == 1
+    # Dead is permanent: the worker's heartbeat is refused from now on.
+    assert _fault(engine.heartbeat, em_id).code is StatusCode.FAILED_PRECONDITION
     context = engine.register_task_instance(job_id, TaskId.of_index(0), alive, session)
     assert context.task_instance_id >= 2
 
@@ -272,6 +342,9 @@ def test_soft_timeout_requeues_once_and_instance_limit_rejects_the_copy() -> Non
     job_id = engine.submit(job)
     _drain(engine)
     context = engine.register_task_instance(job_id, TaskId.of_index(0), em_id, session)
+    clock.now += 0.09
+    engine.collect()
+    assert _drain(engine) == []  # the soft deadline (100 ms) has not passed yet
     clock.now += 0.5
     engine.heartbeat(em_id)
     engine.collect()
@@ -308,6 +381,42 @@ def test_restart_recovers_unfinished_jobs_in_a_new_session(tmp_path: Path) -> No
     assert stale.code is StatusCode.NOT_FOUND
     context = restarted.register_task_instance(running, TaskId.of_index(0), em_id, new)
     assert context.task_instance_id == 1
+
+
+def test_restart_keeps_only_the_commit_or_cleanup_task_of_such_jobs(tmp_path: Path) -> None:
+    engine = _engine(tmp_path / "db.sqlite")
+    em_id, old = engine.register_execution_manager("0.0.0.0")
+    committing = engine.submit(
+        JobBuilder("commit").task("a", "m", "f", [1]).with_commit("m", "commit").build()
+    )
+    cleaning = engine.submit(_chain_job().with_cleanup("m", "clean").build())
+    _drain(engine)
+    context = engine.register_task_instance(committing, TaskId.of_index(0), em_id, old)
+    engine.report_success(committing, TaskId.of_index(0), context.task_instance_id, old, _frame(7))
+    engine.cancel_job(cleaning)
+    # The commit and the cleanup are mid-run when storage goes away.
+    engine.register_task_instance(committing, TaskId.commit(), em_id, old)
+    engine.register_task_instance(cleaning, TaskId.cleanup(), em_id, old)
+    engine.db.close()
+
+    restarted = _engine(tmp_path / "db.sqlite")
+    new = restarted.session_id
+    assert restarted.job_state(committing) is JobState.COMMIT_READY
+    assert restarted.job_state(cleaning) is JobState.CLEANUP_READY
+    assert sorted((e.job_id, e.task_id.kind.value) for e in _drain(restarted)) == sorted(
+        [(committing, "commit"), (cleaning, "cleanup")]
+    )
+    # Only the commit / cleanup task runs again; the regular tasks are not re-dispatched.
+    regular = _fault(restarted.register_task_instance, committing, TaskId.of_index(0), em_id, new)
+    assert regular.code is StatusCode.FAILED_PRECONDITION
+    commit = restarted.register_task_instance(committing, TaskId.commit(), em_id, new)
+    assert [msgpack.unpackb(p) for p in decode_task_outputs(commit.serialized_task_io)] == [7]
+    restarted.report_success(committing, TaskId.commit(), commit.task_instance_id, new, b"")
+    assert restarted.job_state(committing) is JobState.SUCCEEDED
+    cleanup = restarted.register_task_instance(cleaning, TaskId.cleanup(), em_id, new)
+    assert cleanup.serialized_task_io == b""
+    restarted.report_success(cleaning, TaskId.cleanup(), cleanup.task_instance_id, new, b"")
+    assert restarted.job_state(cleaning) is JobState.CANCELLED
 
 
 def test_scheduler_reregistration_requeues_ready_tasks() -> None:

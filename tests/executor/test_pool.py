@@ -23,7 +23,7 @@ from tests.executor.conftest import (
 )
 from worker.core.decisions import failure_message
 from worker.errors import PoolBroken, PoolClosed
-from worker.executor.pool import WORKER_SET_ENV, ExecutorPool, open_pool
+from worker.executor.pool import WORKER_SET_ENV, ExecutorPool, become_subreaper, open_pool
 from worker.executor.settings import PoolSettings
 from worker.executor.wire import decode_values, encode_frame, encode_graph_outputs
 from worker.model import ExecutorCrash, InTaskFailure, Outcome, Success, TaskId, Timeout
@@ -314,6 +314,8 @@ async def test_p6_overlong_line_warns_once_with_cap(
     drops = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(drops) == 1
     assert drops[0].__dict__["fields"]["cap"] == 8
+    assert drops[0].__dict__["fields"]["dropped_bytes"] == 100
+    assert drops[0].__dict__["fields"]["executor_id"] == 0
     assert drops[0].__dict__["fields"]["job_id"] == 7
     assert "100-byte" in drops[0].getMessage()
 
@@ -390,10 +392,10 @@ async def test_p8_commit_and_cleanup_routing(settings: PoolSettings, sink: Colle
             assert "commit task" in as_index.message
             bad_option = await commit_run(b"\x07abc")
             assert isinstance(bad_option, InTaskFailure)
-            assert bad_option.type == "worker.executor.wire.GraphOutputsDecodeError"
+            assert bad_option.type == "GraphOutputsDecodeError"
             no_buffer = await commit_run(b"")
             assert isinstance(no_buffer, InTaskFailure)
-            assert no_buffer.type == "worker.executor.wire.GraphOutputsDecodeError"
+            assert no_buffer.type == "GraphOutputsDecodeError"
             raw = await pool.execute(
                 request("raw_outputs", task_id=commit, io=encode_graph_outputs([b"\x01"]))
             )
@@ -501,7 +503,10 @@ async def test_p13_close_during_a_running_task(package_dir: Path, sink: Collecti
 
             await pool.execute(request("emit", b"line-before\n"))
             nursery.start_soon(run_spin)
-            await trio.sleep(0.2)
+            # polling: the pool has no "task started" event to wait on
+            while not pool._slots[0].busy:  # noqa: ASYNC110
+                await trio.sleep(0.005)
+            await trio.sleep(0.1)  # let spin() fork its grandchild (the test holds either way)
             groups = pool.process_groups
             started = time.perf_counter()
             await pool.aclose()
@@ -524,10 +529,17 @@ async def test_fifo_on_one_slot(settings: PoolSettings, sink: CollectingSink) ->
                 assert values(outcome) == [n]
                 order.append(n)
 
+            async def hold() -> None:
+                await pool.execute(request("sleep", 0.3))
+                order.append(-1)
+
+            # the slot is busy while the callers arrive, so they all queue for it
+            nursery.start_soon(hold)
+            await trio.sleep(0.01)
             for n in range(6):
                 nursery.start_soon(call, n)
                 await trio.sleep(0.01)  # arrival order is the start order
-    assert order == list(range(6))
+    assert order == [-1, *range(6)]
 
 
 async def test_two_slots_run_concurrently(package_dir: Path, sink: CollectingSink) -> None:
@@ -657,3 +669,57 @@ def test_settings_validation(package_dir: Path) -> None:
     settings = PoolSettings(package_dir=str(package_dir), inherited_env=["A", "B"])
     assert settings.package_dir == package_dir
     assert settings.inherited_env == ("A", "B")
+
+
+async def test_crash_kills_and_reaps_the_grandchild(
+    settings: PoolSettings, sink: CollectingSink
+) -> None:
+    with trio.fail_after(TEST_BOUND_SEC):
+        async with open_pool(settings, log_sink=sink) as pool:
+            old_pid = await run_pid(pool)
+            started = time.perf_counter()
+            # the grandchild keeps the channel open: only the exit itself reveals the crash
+            outcome = await pool.execute(request("exit_with_child", 3, timeout_ms=600_000))
+            assert outcome == ExecutorCrash(exit_code=3)
+            assert time.perf_counter() - started <= settings.ready_timeout_sec + 1.0
+            # the grandchild outlived its parent; the pool killed the group and reaped it
+            assert not group_alive(old_pid)
+            assert values(await pool.execute(request("fibonacci", 7))) == [13]
+            groups = pool.process_groups
+        assert not any(group_alive(g) for g in groups)
+
+
+def test_the_worker_becomes_a_subreaper_once() -> None:
+    import ctypes
+
+    assert become_subreaper() is True
+    assert become_subreaper() is True  # cached: the prctl runs once per process
+    assert become_subreaper.cache_info().misses == 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    flag = ctypes.c_int(0)
+    assert libc.prctl(37, ctypes.byref(flag), 0, 0, 0) == 0  # PR_GET_CHILD_SUBREAPER
+    assert flag.value == 1
+
+
+async def test_task_modules_cannot_shadow_the_executors_own_imports(
+    settings: PoolSettings, sink: CollectingSink, package_dir: Path
+) -> None:
+    # modules the executor (or zstandard) imports only on first use, shadowed by the package
+    for name in ("traceback", "linecache", "zstandard", "platform"):
+        (package_dir / f"{name}.py").write_text(f"raise ImportError('shadowed {name}')\n")
+    commit = TaskId.commit()
+    big = encode_graph_output_values([100000, -100000] * 200)
+    assert big[0] == 1  # zstd
+    with trio.fail_after(TEST_BOUND_SEC):
+        async with open_pool(settings, log_sink=sink) as pool:
+            failed = await pool.execute(request("always_fail"))
+            assert isinstance(failed, InTaskFailure)
+            assert "Traceback (most recent call last)" in failed.traceback
+            summed = await pool.execute(request("assert_outputs_sum_zero", task_id=commit, io=big))
+            assert values(summed) == []
+
+
+def test_worker_set_environment_is_documented() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "tasks.md").read_text(encoding="utf-8")
+    for name in WORKER_SET_ENV:
+        assert f"| `{name}` |" in docs, name

@@ -16,10 +16,12 @@ from tests.executor.conftest import (
     request,
 )
 from worker.core.decisions import failure_message
-from worker.errors import PoolInitError
-from worker.executor.pool import open_pool
+from worker.errors import PoolBroken, PoolInitError
+from worker.executor import pool as pool_module
+from worker.executor.channel import HEADER, encode_message
+from worker.executor.pool import _RECEIVE_CHUNK, open_pool, result_beats_timer
 from worker.executor.settings import PoolSettings
-from worker.model import ExecutorCrash, Success, Timeout
+from worker.model import ExecutorCrash, InTaskFailure, Success, Timeout
 
 pytestmark = pytest.mark.pool
 
@@ -139,7 +141,10 @@ async def test_channel_faults_are_crashes(
         ) as pool:
             old = pool.executor_pids[0]
             assert old is not None
-            outcome = await pool.execute(request("fibonacci", 7))
+            started = time.perf_counter()
+            outcome = await pool.execute(request("fibonacci", 7, timeout_ms=1000))
+            # executor.md §10 item 3: hard timeout + kill grace + ready timeout + 1 s
+            assert time.perf_counter() - started <= 1.0 + settings.ready_timeout_sec + 1.0
             assert isinstance(outcome, ExecutorCrash), outcome
             assert failure_message(outcome).startswith(message)
             assert not group_alive(old)
@@ -164,19 +169,28 @@ async def test_failed_request_write_is_a_crash(
             assert isinstance(await pool.execute(request("fibonacci", 7)), Success)
 
 
-async def test_result_received_before_the_deadline_is_acted_on_wins(
+async def test_result_in_the_pipe_when_the_deadline_fires_wins(
     package_dir: Path, sink: CollectingSink, tmp_path: Path
 ) -> None:
-    flag = tmp_path / "replying"
+    # The reply is larger than one read of the pool, so reading it takes a second receive; the
+    # deadline has passed by then, so only the pool's explicit "result beats timer" check (which
+    # reads what is already in the pipe) can return it. The enlarged pipe holds the whole reply,
+    # and the executor writes it only while the test blocks the event loop past the deadline.
+    received, go, sent = tmp_path / "received", tmp_path / "go", tmp_path / "sent"
+    out_size = _RECEIVE_CHUNK + 64 * 1024
     script = executor_script(
         tmp_path,
-        "late_reader.py",
-        READY
+        "big_late_reply.py",
+        "import fcntl\n"
+        + "fcntl.fcntl(OUT, fcntl.F_SETPIPE_SZ, 1024 * 1024)\n"
+        + READY
         + "request = receive()\n"
-        + f"open({str(flag)!r}, 'w').close()\n"
-        + "time.sleep(0.05)\n"
-        + "send({'t': 'result', 'id': request['id'], 'ok': True, 'out': b'\\0\\0\\0\\0',"
+        + f"open({str(received)!r}, 'w').close()\n"
+        + f"while not os.path.exists({str(go)!r}):\n"
+        + "    time.sleep(0.001)\n"
+        + f"send({{'t': 'result', 'id': request['id'], 'ok': True, 'out': b'x' * {out_size},"
         + " 'us': 1})\n"
+        + f"open({str(sent)!r}, 'w').close()\n"
         + "time.sleep(60)\n",
     )
     settings = PoolSettings(package_dir=package_dir)
@@ -186,17 +200,116 @@ async def test_result_received_before_the_deadline_is_acted_on_wins(
             settings, log_sink=sink, bin_path_for=lambda eid: script if eid == 0 else None
         ) as pool:
             pid = pool.executor_pids[0]
-            started = time.perf_counter()
             async with trio.open_nursery() as nursery:
 
                 async def run() -> None:
                     outcomes.append(await pool.execute(request("noop", timeout_ms=300)))
 
+                started = time.perf_counter()
                 nursery.start_soon(run)
-                # polling a file the test executor writes: no event exists for it
-                while not flag.exists():  # noqa: ASYNC110
+                # polling files the test executor writes: no event exists for them
+                while not received.exists():  # noqa: ASYNC110
                     await trio.sleep(0.001)
-                # block the event loop past the deadline while the reply lands in the pipe
+                # from here on the event loop is blocked: the reply lands, the deadline passes
+                go.touch()
+                while not sent.exists():
+                    time.sleep(0.001)  # noqa: ASYNC251
                 time.sleep(max(0.0, started + 0.3 + 0.2 - time.perf_counter()))  # noqa: ASYNC251
-            assert outcomes == [Success(b"\0\0\0\0", 1)]
+            assert outcomes == [Success(b"x" * out_size, 1)]
             assert pool.executor_pids[0] == pid
+
+
+def test_result_beats_timer_decision() -> None:
+    def body(message: dict[str, object]) -> bytes:
+        return encode_message(message)[HEADER.size :]
+
+    success = body({"t": "result", "id": 3, "ok": True, "out": b"\0\0\0\0", "us": 5})
+    failure = body(
+        {"t": "result", "id": 3, "ok": False, "type": "ValueError", "msg": "m", "tb": "", "us": 2}
+    )
+    assert result_beats_timer([success], 3) == Success(b"\0\0\0\0", 5)
+    assert result_beats_timer([failure], 3) == InTaskFailure("ValueError", "m", "", 2)
+    # nothing complete arrived, or not this request's result: the deadline wins
+    assert result_beats_timer([], 3) is None
+    assert result_beats_timer([success], 4) is None
+    assert result_beats_timer([b"\xc1"], 3) is None
+    assert result_beats_timer([body({"t": "ready", "v": 1, "pid": 1})], 3) is None
+
+
+async def test_tags_of_an_executor_without_markers_do_not_pile_up(
+    package_dir: Path, sink: CollectingSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "_MAX_PENDING_TAGS", 4)
+    script = executor_script(
+        tmp_path,
+        "no_markers.py",
+        READY
+        + "while (request := receive()) is not None and request['t'] == 'exec':\n"
+        + "    send({'t': 'result', 'id': request['id'], 'ok': True, 'out': b'\\0\\0\\0\\0',"
+        + " 'us': 1})\n",
+    )
+    settings = PoolSettings(package_dir=package_dir, bin_path=script)
+    with trio.fail_after(TEST_BOUND_SEC):
+        async with open_pool(settings, log_sink=sink) as pool:
+            for _ in range(10):
+                assert isinstance(await pool.execute(request("noop")), Success)
+            process = pool._slots[0].process
+            assert process is not None
+            assert sorted(process.tags) == [6, 7, 8, 9]
+
+
+async def test_one_call_retries_failed_starts_up_to_the_limit(
+    package_dir: Path, sink: CollectingSink, tmp_path: Path
+) -> None:
+    # docs/tasks.md "Time bounds": a call without a live executor retries the start (with
+    # backoff) until one is ready or crash_loop_limit consecutive starts failed
+    dies = executor_script(tmp_path, "dies.py", "sys.exit(5)\n")
+    settings = PoolSettings(
+        package_dir=package_dir,
+        crash_loop_limit=4,
+        respawn_backoff_initial_ms=10,
+        respawn_backoff_max_ms=20,
+    )
+    with trio.fail_after(TEST_BOUND_SEC):
+        async with open_pool(
+            settings, log_sink=sink, bin_path_for=lambda eid: None if eid == 0 else dies
+        ) as pool:
+            assert await pool.execute(request("exit_hard", 3)) == ExecutorCrash(exit_code=3)
+            assert len(pool.process_groups) == 2  # executor 0, then one failed respawn
+            with pytest.raises(PoolBroken, match="4 times in a row"):
+                await pool.execute(request("fibonacci", 7))
+            assert len(pool.process_groups) == 2 + 3  # this one call tried three more starts
+            with pytest.raises(PoolBroken):
+                await pool.execute(request("fibonacci", 7))
+            assert len(pool.process_groups) == 5  # broken: no more starts
+
+
+async def test_a_result_sent_just_before_the_executor_exits_is_kept(
+    package_dir: Path, sink: CollectingSink, tmp_path: Path
+) -> None:
+    # the exit and the result arrive together: whichever the pool notices first, the complete
+    # result wins, and the dead executor is replaced before the next request
+    script = executor_script(
+        tmp_path,
+        "reply_then_exit.py",
+        READY
+        + "request = receive()\n"
+        + "send({'t': 'result', 'id': request['id'], 'ok': True, 'out': b'\\0\\0\\0\\0',"
+        + " 'us': 1})\n"
+        + "os._exit(0)\n",
+    )
+    settings = PoolSettings(package_dir=package_dir)
+    with trio.fail_after(TEST_BOUND_SEC):
+        async with open_pool(
+            settings, log_sink=sink, bin_path_for=lambda eid: script if eid % 2 == 0 else None
+        ) as pool:
+            for round_ in range(3):
+                assert await pool.execute(request("noop")) == Success(b"\0\0\0\0", 1)
+                process = pool._slots[0].process
+                assert process is not None
+                # polling: the pool's exit watcher reaps it; no event is exposed for that
+                while process.process.returncode is None:  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+                assert isinstance(await pool.execute(request("fibonacci", 7)), Success)
+                assert pool.executor_ids == [2 * round_ + 1]
+                assert isinstance(await pool.execute(request("exit_hard", 1)), ExecutorCrash)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -78,3 +79,16 @@ async def test_scheduler_heartbeat_errors_never_stop_the_loop(
         await trio.sleep(0.45)
         nursery.cancel_scope.cancel()
     assert scheduler.heartbeat_count == 5
+
+
+async def test_scheduler_heartbeat_skips_missed_ticks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    scheduler = FakeScheduler(Journal())
+    scheduler.heartbeat_script.push(Hang(0.35))  # the first heartbeat takes 350 ms
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_scheduler_heartbeats, scheduler, EM, 0.1)
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    # Three ticks were missed: one heartbeat right after the slow one, then the period again.
+    assert scheduler.heartbeat_times == pytest.approx([0.0, 0.35, 0.45])

@@ -8,16 +8,18 @@ and R11 belong to the executor suite; here they run with FakePool.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from tests.runtime.harness import BOUNDED_WAIT, HEARTBEAT, TIGHT_WAIT, A, Harness, ctx, frame, rec
-from worker.errors import PoolInitError, StatusCode
+from worker.errors import PoolInitError, ProtocolError, RpcError, StatusCode
 from worker.exit_codes import ExitCode
-from worker.model import InTaskFailure, Success, TaskId
-from worker.testing import Assign, Error, Phase
+from worker.model import ExecutionContext, InTaskFailure, SchedulerAssignment, Success, TaskId
+from worker.testing import Assign, Error, Malformed, Phase
+from worker.testing.storage import RegisterItem
 
 
 async def test_r1_registration_and_first_heartbeat(autojump_clock: trio.testing.MockClock) -> None:
@@ -311,4 +313,81 @@ async def test_r15_cancel_during_registration_leaves_unacked(
     assert h.scheduler.shutdown_calls == [[]]
     assert h.storage.reports == []
     assert h.journal.calls("storage", "register_task_instance", Phase.END)[0].result == "cancelled"
+    h.check_teardown(outstanding=frozenset({rec(a1)}))
+
+
+@pytest.mark.parametrize("reply", ["ok", "NOT_FOUND", "FAILED_PRECONDITION", "malformed"])
+async def test_r15_reply_arriving_after_the_stop_is_discarded(
+    autojump_clock: trio.testing.MockClock, reply: str
+) -> None:
+    """Item 22 / A5: storage answers, but the answer reaches the runtime only after the stop."""
+    h = Harness()
+    a1 = A(1)
+    answers: dict[str, RegisterItem] = {
+        "ok": ctx("fibonacci", 10),
+        "NOT_FOUND": Error(StatusCode.NOT_FOUND),
+        "FAILED_PRECONDITION": Error(StatusCode.FAILED_PRECONDITION),
+        "malformed": Malformed,
+    }
+    h.storage.push_register(answers[reply])
+    h.scheduler.push(Assign(a1))
+    delivered = trio.Event()
+    answer_storage = h.storage.register_task_instance
+
+    async def late_register(*args: Any) -> ExecutionContext:
+        # Storage has answered (journalled); the answer is handed over only after ``delivered``
+        # and without a further checkpoint, so the stop cannot cancel the call any more.
+        try:
+            context: ExecutionContext | Exception = await answer_storage(*args)
+        except (RpcError, ProtocolError) as error:
+            context = error
+        await delivered.wait()
+        if isinstance(context, Exception):
+            raise context
+        return context
+
+    h.storage.register_task_instance = late_register  # type: ignore[method-assign, assignment]
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.until(
+            lambda: len(h.journal.calls("storage", "register_task_instance", Phase.END)) >= 1
+        )
+        delivered.set()
+        assert await h.stop_and_finish() is ExitCode.OK
+    assert h.pool.executions == []
+    assert h.storage.reports == []
+    assert all(c.prev != rec(a1) for c in h.scheduler.calls)
+    assert h.scheduler.shutdown_calls == [[]]
+    assert "reply discarded" in h.runtime.explain(a1.key)
+    h.check_teardown(outstanding=frozenset({rec(a1)}))
+
+
+async def test_assignment_arriving_after_the_stop_is_neither_registered_nor_recorded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Item 16 / M1: the reply was on its way when the stop came; its carried ack still counts."""
+    h = Harness()
+    a0, a1 = A(0), A(1)
+    h.scheduler.push(Assign(a0), Assign(a1))
+    h.storage.push_register(ctx("noop"))
+    delivered = trio.Event()
+    answer_scheduler = h.scheduler.next_task
+
+    async def late_next_task(*args: Any) -> SchedulerAssignment | None:
+        reply = await answer_scheduler(*args)
+        if reply == a1:
+            await delivered.wait()  # handed over without a further checkpoint
+        return reply
+
+    h.scheduler.next_task = late_next_task  # type: ignore[method-assign, assignment]
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.until(lambda: len(h.journal.calls("scheduler", "next_task", Phase.END)) >= 2)
+        delivered.set()
+        assert await h.stop_and_finish() is ExitCode.OK
+    assert [c.prev for c in h.scheduler.calls] == [None, rec(a0)]
+    assert [c.task_id for c in h.storage.register_calls] == [a0.assignment.task_id]
+    assert len(h.storage.register_calls) == 1  # A1 never reached registration
+    assert h.scheduler.shutdown_calls == [[]]  # rec(A0) went out on the OK call; no rec(A1)
+    assert h.scheduler.duplicate_acks == []
     h.check_teardown(outstanding=frozenset({rec(a1)}))

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.runtime.harness import POLL_WAIT_MS, A, Harness, ctx
 from worker.core.backoff import BackoffPolicy
+from worker.core.decisions import StopCause
 from worker.core.machine import INITIAL_STATE, TERMINAL_STATES, TRANSITIONS, State
 from worker.errors import StatusCode
 from worker.exit_codes import ExitCode, combine
@@ -36,7 +37,7 @@ from worker.model import (
     TaskId,
     Timeout,
 )
-from worker.testing import Assign, Error, Hang, JournalEntry, Malformed, NoTask, Phase
+from worker.testing import Always, Assign, Error, Hang, JournalEntry, Malformed, NoTask, Phase
 from worker.testing.storage import RegisterItem
 
 SESSION = 2  # the initial session: "current - 1" is still a valid session
@@ -102,7 +103,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     kinds = draw(
         st.lists(
             st.sampled_from(
-                ["assign", "assign", "assign", "no_task", "malformed", "error", "hang"]
+                ["assign", "assign", "assign", "no_task", "malformed", "error", "always", "hang"]
             ),
             max_size=12,
         )
@@ -120,6 +121,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             items.append(Malformed)
         elif kind == "error":
             items.append(Error(draw(st.sampled_from(_TRANSIENT))))
+        elif kind == "always":
+            # An outage: every poll fails until the drawn virtual time, then the script goes on.
+            until = draw(st.sampled_from([0.2, 0.7, 1.5]))
+            items.append(Always(Error(draw(st.sampled_from(_TRANSIENT))), until=until))
         else:
             items.append(Hang(draw(st.sampled_from([0.01, 0.1, 0.3]))))
     plans = tuple(
@@ -476,7 +481,14 @@ def _check(run: Run) -> None:
             ):
                 causes.append(ExitCode.EVICTED)
         [shutdown] = shutdowns
-        if run.forced or shutdown.time - drain_time >= scenario.drain_timeout - EPS:
+        # A forced stop is exact: the test forced it, or the runtime's drain deadline fired. The
+        # latter must agree with the clock: Shutdown starts exactly at the deadline, and only then.
+        deadline_fired = StopCause.FORCED in h.runtime.causes and not run.forced
+        deadline = drain_time + scenario.drain_timeout
+        assert deadline_fired == (shutdown.time >= deadline - EPS), (shutdown.time, deadline)
+        if deadline_fired:
+            assert shutdown.time <= deadline + EPS, "H11: the drain ran past its deadline"
+        if run.forced or deadline_fired:
             causes.append(ExitCode.FORCED)
         assert run.exit_code is combine(causes), (run.exit_code, causes)
 

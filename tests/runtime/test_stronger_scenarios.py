@@ -15,6 +15,7 @@ import trio.testing
 from tests.runtime.harness import BOUNDED_WAIT, HEARTBEAT, TIGHT_WAIT, A, Harness, ctx, rec
 from worker.errors import PoolBroken, StatusCode
 from worker.exit_codes import ExitCode
+from worker.model import ExecutionRequest, Outcome
 from worker.runtime import RuntimeSettings
 from worker.testing import Always, Assign, Error, Hang, Hold, Malformed, NoTask, Phase
 
@@ -456,4 +457,82 @@ async def test_s10_broken_pool_is_fatal(autojump_clock: trio.testing.MockClock) 
         assert await h.finish() is ExitCode.FATAL
     assert h.storage.reports == []
     assert h.scheduler.shutdown_calls == [[rec(a1)]]
+    h.check_teardown()
+
+
+async def test_registration_retry_has_no_attempt_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Item 20: a registration failing for 30 s keeps being re-sent, then executes once."""
+    h = Harness()
+    a1 = A(1)
+    h.scheduler.push(Assign(a1))
+    h.storage.push_register(Always(Error(StatusCode.UNAVAILABLE), until=30.0), ctx("noop"))
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.until(lambda: h.scheduler.next_task_count >= 2, within=40.0)
+        assert await h.stop_and_finish() is ExitCode.OK
+    calls = h.storage.register_calls
+    # 30 s of failures at the 500 ms cap: far more attempts than any cap would allow.
+    assert len(calls) >= 55
+    assert len({(c.job_id, c.task_id, c.em_id, c.session_id) for c in calls}) == 1
+    assert calls[-1].time >= 30.0
+    assert len(h.pool.requests) == 1
+    assert h.scheduler.calls[0].prev is None
+    assert h.scheduler.calls[1].prev == rec(a1)
+    h.check_teardown()
+
+
+async def test_report_gate_is_checked_before_every_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Item 27: the session advances during a report's backoff, so no further attempt is sent."""
+    h = Harness(storage_heartbeat_sec=0.01)
+    a1 = A(1)
+    h.scheduler.push(Assign(a1))
+    h.storage.push_register(ctx("noop"))
+    h.storage.success_script.push(Error(StatusCode.UNAVAILABLE))
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.until(lambda: [a.outcome for a in h.storage.success_reports] == ["UNAVAILABLE"])
+        failed_at = trio.current_time()
+        h.liveness.set_default_session(2)  # seen by the next heartbeat, within 10 ms
+        await trio.sleep(1.0)  # far beyond the 40-50 ms backoff of the retry
+        assert await h.stop_and_finish() is ExitCode.OK
+    assert len(h.storage.success_reports) == 1
+    assert h.storage.failure_reports == []
+    bumped = [e for e in h.journal.calls("liveness", "heartbeat", Phase.END) if e.result == 2]
+    assert bumped
+    assert bumped[0].time - failed_at < 0.04
+    assert "report dropped" in h.runtime.explain(a1.key)
+    h.check_teardown()
+
+
+async def test_s7_outcome_arriving_with_the_force_is_not_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """6.9 step 4: the outcome was on its way back when the force came; it is not reported."""
+    h = Harness()
+    a1 = A(1)
+    h.scheduler.push(Assign(a1))
+    h.storage.push_register(ctx("noop"))
+    delivered = trio.Event()
+    run_in_pool = h.pool.execute
+
+    async def late_execute(request: ExecutionRequest) -> Outcome:
+        outcome = await run_in_pool(request)
+        await delivered.wait()  # handed over without a further checkpoint
+        return outcome
+
+    h.pool.execute = late_execute  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.until(lambda: len(h.journal.calls("pool", "execute", Phase.END)) >= 1)
+        delivered.set()
+        h.stop()
+        h.force()
+        assert await h.finish() is ExitCode.FORCED
+    assert h.storage.reports == []
+    assert h.scheduler.shutdown_calls == [[rec(a1)]]  # registered means consumed
+    assert "outcome dropped" in h.runtime.explain(a1.key)
     h.check_teardown()

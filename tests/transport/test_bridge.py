@@ -6,12 +6,13 @@ import threading
 import time
 from typing import Any
 
+import grpc
 import pytest
 import trio
 
-from tests.transport.clients import EM_ID, METHOD_PATHS, Clients
+from tests.transport.clients import EM_ID, METHOD_PATHS, SAMPLE_CALLS, Clients
 from tests.transport.scripted import SERVER_THREADS, ScriptedServer
-from worker.errors import Rpc, StatusCode, TransportError
+from worker.errors import Rpc, RpcError, StatusCode, TransportError
 from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from worker.transport.bridge import CallFailed, unary_call
 from worker.transport.channels import ChannelOptions, ChannelPool
@@ -188,3 +189,120 @@ async def test_every_call_carries_its_deadline_on_the_wire(
     # grpc-timeout header is rounded up to its unit, hence the small margin above.
     assert 10 < remaining["next_task"] <= 15.5
     assert 5 < remaining["heartbeat"] <= 10.5
+
+
+async def test_closing_the_channels_ends_a_pending_call_as_cancelled(
+    server: ScriptedServer,
+) -> None:
+    poll = LongPoll()
+    server.on(METHOD_PATHS[Rpc.NEXT_TASK], poll)
+    pool = ChannelPool("127.0.0.1", server.port, 1, ChannelOptions())
+    scheduler = Clients.over(pool).scheduler
+    outcome: list[BaseException] = []
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+
+                async def long_poll() -> None:
+                    try:
+                        await scheduler.next_task(EM_ID, None, 60_000)
+                    except RpcError as error:
+                        outcome.append(error)
+
+                nursery.start_soon(long_poll)
+                await wait_for_event(poll.started, 20)
+                pool.close()  # the bridge has no timer of its own: closing must end the wait
+            await wait_for_event(poll.server_saw_cancel, 20)
+    finally:
+        pool.close()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RpcError)
+    assert outcome[0].code is StatusCode.CANCELLED
+
+
+async def test_message_size_limits_apply_in_both_directions(server: ScriptedServer) -> None:
+    big_answer = scheduler_pb2.NextTaskResponse(
+        assignment=scheduler_pb2.SchedulerAssignment(job_id=2**63)
+    ).SerializeToString()
+    server.reply(METHOD_PATHS[Rpc.NEXT_TASK], big_answer + bytes.fromhex("3a 40") + bytes(64))
+    server.reply(METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT], b"")
+    pool = ChannelPool("127.0.0.1", server.port, 1, ChannelOptions(16, 32))
+    try:
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(pool.next())
+        with trio.fail_after(20):
+            with pytest.raises(CallFailed) as too_big_answer:
+                await unary_call(stub.NextTask, scheduler_pb2.NextTaskRequest(), deadline_sec=5)
+            big_request = scheduler_pb2.HeartbeatRequest(execution_manager_id=2**64 - 1)
+            assert len(big_request.SerializeToString()) <= 16
+            await unary_call(stub.Heartbeat, big_request, deadline_sec=5)  # within the limit
+            with pytest.raises(CallFailed) as too_big_request:
+                await unary_call(
+                    stub.NextTask,
+                    scheduler_pb2.NextTaskRequest(
+                        execution_manager_id=2**64 - 1, wait_time_ms=2**64 - 1
+                    ),
+                    deadline_sec=5,
+                )
+    finally:
+        pool.close()
+    assert too_big_answer.value.code is StatusCode.RESOURCE_EXHAUSTED
+    assert too_big_request.value.code is StatusCode.RESOURCE_EXHAUSTED
+    assert len(server.calls(METHOD_PATHS[Rpc.NEXT_TASK])) == 1  # the big request never left
+
+
+async def count_connection_attempts(options: ChannelOptions, within_sec: float) -> int:
+    """TCP connections one channel opens within ``within_sec`` to a peer that drops each one."""
+    listener = trio.socket.socket()
+    attempts = 0
+    with listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+
+        async def drop_every_connection() -> None:
+            nonlocal attempts
+            while True:
+                connection, _ = await listener.accept()
+                attempts += 1
+                connection.close()
+
+        pool = ChannelPool("127.0.0.1", port, 1, options)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drop_every_connection)
+                # Waiting for readiness keeps the channel trying to connect for the whole span.
+                assert not await pool.wait_ready(within_sec)
+                nursery.cancel_scope.cancel()
+        finally:
+            pool.close()
+    return attempts
+
+
+async def test_reconnect_attempts_follow_the_configured_backoff() -> None:
+    # grpcio's own default (1 s growing to 120 s) would allow about 3 attempts in 3 s and keep
+    # a worker cut off long after a server came back; bounded by 0.2 s it keeps trying.
+    with trio.fail_after(60):
+        attempts = await count_connection_attempts(
+            ChannelOptions(reconnect_initial_sec=0.05, reconnect_max_sec=0.2), within_sec=3
+        )
+    assert attempts >= 6, attempts
+
+
+@pytest.mark.parametrize("rpc", list(Rpc))
+async def test_every_rpc_of_every_client_has_a_deadline(
+    rpc: Rpc, server: ScriptedServer, channels: ChannelPool
+) -> None:
+    remaining: list[float | None] = []
+
+    def remember(_request: bytes, context: Any) -> bytes:
+        remaining.append(context.time_remaining())
+        context.abort(grpc.StatusCode.UNAVAILABLE, "scripted")
+        raise AssertionError("context.abort() returns only by raising")
+
+    server.on(METHOD_PATHS[rpc], remember)
+    with trio.fail_after(20), pytest.raises(RpcError):
+        await SAMPLE_CALLS[rpc](Clients.over(channels, rpc_timeout_sec=7))
+    (left,) = remaining
+    # rpc_timeout_sec (7 s); the sample NextTask waits 0 ms. The header rounds up slightly.
+    assert left is not None
+    assert 2 < left <= 7.5

@@ -159,9 +159,12 @@ def run_local(
             )
             finished = time.monotonic()
         finally:
-            worker_codes = {p.name: p.stop(timeout_sec=30) for p in processes}
-            for process in processes:
-                process.close()
+            try:
+                worker_codes = {p.name: p.stop(timeout_sec=30) for p in processes}
+            finally:
+                # A second Ctrl-C during the drain lands here: kill whatever is still running.
+                for process in processes:
+                    process.close()
         wall = finished - started
         counts = cluster.storage.task_state_counts(job_id)
         return LocalRun(
@@ -294,8 +297,18 @@ def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m worker local``."""
     args = _parser().parse_args(list(argv))
     console = Console()
-    if args.workers < 1:
-        console.print("local: --workers must be at least 1")
+    problems = [
+        message
+        for bad, message in (
+            (args.workers < 1, "--workers must be at least 1"),
+            (args.timeout <= 0, "--timeout must be > 0"),
+            (args.poll_wait_ms < 0, "--poll-wait-ms must be >= 0"),
+            (args.heartbeat_sec <= 0, "--heartbeat-sec must be > 0"),
+        )
+        if bad
+    ]
+    if problems:
+        console.print(f"local: {problems[0]}", markup=False)
         return EXIT_USAGE
     try:
         job = load_job_file(args.jobfile or FIBONACCI_JOB)

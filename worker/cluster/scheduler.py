@@ -119,6 +119,16 @@ class _Worker:
     outstanding: dict[int, Assignment] = attrs.field(factory=dict)
 
 
+def _fields(em_id: int, assignment: Assignment) -> dict[str, object]:
+    """The structured log fields naming a worker's assignment."""
+    return {
+        "em_id": em_id,
+        "assignment_id": assignment.id,
+        "job_id": assignment.job_id,
+        "task_id": str(assignment.task_id),
+    }
+
+
 class SchedulerEngine:
     """The scheduler semantics; :meth:`start` runs its pump and liveness threads."""
 
@@ -259,17 +269,8 @@ class SchedulerEngine:
             worker = self._upsert(em_id)
             worker.outstanding[assignment.id] = assignment
             self.dispatch_log.append((em_id, assignment))
-            log.debug(
-                "dispatched",
-                extra={
-                    "fields": {
-                        "em_id": em_id,
-                        "assignment_id": assignment.id,
-                        "job_id": assignment.job_id,
-                        "task_id": str(assignment.task_id),
-                    }
-                },
-            )
+            if log.isEnabledFor(logging.DEBUG):  # hot path: build the fields only when logged
+                log.debug("dispatched", extra={"fields": _fields(em_id, assignment)})
             return assignment
 
     def heartbeat(self, em_id: int) -> None:
@@ -343,17 +344,7 @@ class SchedulerEngine:
                 )
             )
             self.reschedule_log.append((em_id, assignment))
-            log.info(
-                "rescheduled",
-                extra={
-                    "fields": {
-                        "em_id": em_id,
-                        "assignment_id": assignment.id,
-                        "job_id": assignment.job_id,
-                        "task_id": str(assignment.task_id),
-                    }
-                },
-            )
+            log.info("rescheduled", extra={"fields": _fields(em_id, assignment)})
         worker.outstanding.clear()
         self._cond.notify_all()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ __all__ = ["DEFAULT_SCHEDULER_PORT", "DEFAULT_STORAGE_PORT", "main"]
 
 DEFAULT_STORAGE_PORT: Final = 50052
 DEFAULT_SCHEDULER_PORT: Final = 50051
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,9 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _problem(args: argparse.Namespace) -> str | None:
+    """The first bad option, as a message naming it (a zero period would spin a thread)."""
+    for option, value in (
+        ("--storage-port", args.storage_port),
+        ("--scheduler-port", args.scheduler_port),
+    ):
+        if not 0 <= value <= 65535:
+            return f"{option} must be in 0..65535, got {value}"
+    for option, number in (
+        ("--stale-cutoff-sec", args.stale_cutoff_sec),
+        ("--gc-interval-sec", args.gc_interval_sec),
+        ("--job-retention-sec", args.job_retention_sec),
+        ("--dead-em-cutoff-sec", args.dead_em_cutoff_sec),
+        ("--liveness-interval-ms", args.liveness_interval_ms),
+    ):
+        if not number > 0:
+            return f"{option} must be > 0, got {number:g}"
+    return None
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m worker cluster``."""
     args = _parser().parse_args(list(argv))
+    problem = _problem(args)
+    if problem is not None:
+        print(f"cluster: {problem}")
+        return EXIT_USAGE
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -65,9 +92,9 @@ def main(argv: Sequence[str]) -> int:
     )
     try:
         cluster = EmbeddedCluster(settings)
-    except OSError as error:
-        print(f"cluster: {error}")
-        return 1
+    except (OSError, sqlite3.Error) as error:
+        print(f"cluster: cannot start: {error} (database {args.db})")
+        return EXIT_FAILED
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())

@@ -19,7 +19,7 @@ import attrs
 import grpc
 
 from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine
-from worker.cluster.storage import Lane, StorageEngine, StorageFault
+from worker.cluster.storage import STORAGE_INTERNAL_ERROR, Lane, StorageEngine, StorageFault
 from worker.errors import StatusCode
 from worker.model import TaskId
 from worker.transport._generated.common import common_pb2
@@ -77,8 +77,11 @@ Action = Fail | Delay | Malformed
 class FaultHooks:
     """Scripted per-RPC behaviour; RPCs are named by method, e.g. ``"RegisterTaskInstance"``."""
 
-    def __init__(self) -> None:
-        """No script: every call is served normally."""
+    def __init__(self, history: int = 100_000) -> None:
+        """No script: every call is served normally; ``history`` arrival times kept per RPC.
+
+        The bound keeps a long-lived ``python -m worker cluster`` from growing without limit.
+        """
         self._lock = threading.Lock()
         self._scripts: dict[str, collections.deque[Action]] = collections.defaultdict(
             collections.deque
@@ -86,9 +89,13 @@ class FaultHooks:
         self._always: dict[str, float] = {}
         self.calls: collections.Counter[str] = collections.Counter()
         #: ``time.monotonic()`` at the arrival of each call, per RPC (to check backoff gaps).
-        self.call_times: dict[str, list[float]] = collections.defaultdict(list)
+        self.call_times: dict[str, collections.deque[float]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=history)
+        )
         #: The same, for the calls answered by a scripted :class:`Fail`.
-        self.failed_call_times: dict[str, list[float]] = collections.defaultdict(list)
+        self.failed_call_times: dict[str, collections.deque[float]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=history)
+        )
         #: Called after every successful call as ``(rpc, request, response, started, finished)``
         #: (``time.perf_counter`` seconds), e.g. by the benchmark; None = no observation.
         self.observer: Callable[[str, Any, Any, float, float], None] | None = None
@@ -146,6 +153,9 @@ def task_id_or_none(request: Any) -> TaskId | None:
 class _Hooked:
     """Shared call wrapper: apply the hooks, map faults to statuses, keep serving on bugs."""
 
+    #: The details of the ``INTERNAL`` answer to an unexpected failure (a bug) of this service.
+    internal_message = "internal error"
+
     def __init__(self, hooks: FaultHooks) -> None:
         self.hooks = hooks
 
@@ -182,7 +192,7 @@ class _Hooked:
         except Exception:
             # A bug must not take the service down: answer INTERNAL and keep serving.
             log.exception("internal error", extra={"fields": {"rpc": rpc}})
-            _abort(context, StatusCode.INTERNAL, "internal error")
+            _abort(context, StatusCode.INTERNAL, self.internal_message)
             raise AssertionError("unreachable") from None
         if isinstance(action, Malformed) and malform is not None:
             malform(response, action.field)
@@ -200,6 +210,9 @@ def _clear(message: Any, field: str) -> None:
 
 
 class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServicer):
+    # protocol.md §8.3: every INTERNAL answer of this service reads the same.
+    internal_message = STORAGE_INTERNAL_ERROR
+
     def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
         super().__init__(hooks)
         self.engine = engine

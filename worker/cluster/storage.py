@@ -41,6 +41,7 @@ from worker.model import TaskId, TaskKind
 
 __all__ = [
     "DEFAULT_RESOURCE_GROUP",
+    "STORAGE_INTERNAL_ERROR",
     "ContextInfo",
     "JobState",
     "Lane",
@@ -55,7 +56,8 @@ log = logging.getLogger("worker.cluster.storage")
 
 #: External id of the single built-in resource group (any password is accepted).
 DEFAULT_RESOURCE_GROUP = "default"
-_INTERNAL = "storage service internal error"
+#: The details of every ``INTERNAL`` answer of ``TaskInstanceManagementService`` (§8.3).
+STORAGE_INTERNAL_ERROR = "storage service internal error"
 
 
 class JobState(enum.IntEnum):
@@ -184,6 +186,8 @@ class _Job:
     cleanup: _Task | None
     outputs: bytes | None = None
     terminated_at: float | None = None
+    #: Regular tasks succeeded so far (a counter, so a success costs O(1), not a scan of the job).
+    succeeded: int = 0
 
     def lookup(self, task_id: TaskId) -> _Task | None:
         if task_id.kind is TaskKind.INDEX:
@@ -494,22 +498,22 @@ class StorageEngine:
         state = job.state
         if task_id.kind is TaskKind.INDEX:
             if state is JobState.READY:
-                raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
             if state is not JobState.RUNNING:
                 raise StorageFault(StatusCode.FAILED_PRECONDITION, f"job is {state.name}")
         elif task_id.kind is TaskKind.COMMIT:
             if state in {JobState.READY, JobState.RUNNING}:
-                raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
             if state is not JobState.COMMIT_READY:
                 raise StorageFault(StatusCode.FAILED_PRECONDITION, f"job is {state.name}")
         else:
             if not state.terminal and state is not JobState.CLEANUP_READY:
-                raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
             if state is not JobState.CLEANUP_READY:
                 raise StorageFault(StatusCode.FAILED_PRECONDITION, f"job is {state.name}")
         task = job.lookup(task_id)
         if task is None:
-            raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+            raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
         return job, task
 
     def register_task_instance(
@@ -524,11 +528,11 @@ class StorageEngine:
             if task.state.terminal:
                 raise StorageFault(StatusCode.FAILED_PRECONDITION, "task is terminal")
             if task.state is TaskState.PENDING:
-                raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
             if len(task.live) >= task.max_instances:
                 raise StorageFault(StatusCode.FAILED_PRECONDITION, "instance limit reached")
             if self.db.em(em_id) is None:
-                raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
             instance = _Instance(
                 self._next_instance_id,
                 em_id,
@@ -624,7 +628,7 @@ class StorageEngine:
                         }
                     },
                 )
-                raise StorageFault(StatusCode.INTERNAL, _INTERNAL)
+                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
             self._instances.pop(instance.id, None)
             task.live.discard(instance.id)
             task.state = TaskState.SUCCEEDED
@@ -639,12 +643,13 @@ class StorageEngine:
 
     def _after_regular_success(self, job: _Job, task: _Task) -> None:
         assert task.task_id.index is not None
+        job.succeeded += 1
         for child_index in job.children[task.task_id.index]:
             child = job.tasks[child_index]
             child.waiting_parents -= 1
             if child.waiting_parents == 0 and child.state is TaskState.PENDING:
                 self._make_ready(job, child)
-        if all(t.state is TaskState.SUCCEEDED for t in job.tasks):
+        if job.succeeded == len(job.tasks):
             job.outputs = encode_task_outputs(self._job_output_payloads(job))
             if job.commit is not None:
                 job.state = JobState.COMMIT_READY

@@ -71,23 +71,27 @@ def main(argv: Sequence[str]) -> int:
             ).job_id
             jobs.StartJob(storage_pb2.JobIdRequest(job_id=job_id), timeout=10)
         except grpc.RpcError as error:
-            print(f"submit: storage at {args.host}:{args.port} refused: {error.code().name}")
-            return EXIT_UNREACHABLE
+            return _rpc_failure(f"storage at {args.host}:{args.port}", error)
         print(job_id, flush=True)
         if not args.wait:
             return 0
-        return _follow(jobs, job_id, args.timeout)
+        try:
+            return _follow(jobs, job_id, args.timeout)
+        except grpc.RpcError as error:
+            return _rpc_failure(f"lost the storage at {args.host}:{args.port}", error)
+
+
+def _rpc_failure(what: str, error: grpc.RpcError) -> int:
+    """Print one line naming the failed call's status and details; the exit code for it."""
+    print(f"submit: {what}: {error.code().name}: {error.details()}")
+    return EXIT_UNREACHABLE
 
 
 def _follow(jobs: storage_pb2_grpc.JobOrchestrationServiceStub, job_id: int, limit: float) -> int:
     deadline = time.monotonic() + limit
     request = storage_pb2.JobIdRequest(job_id=job_id)
     while True:
-        try:
-            state = JobState(jobs.GetJobState(request, timeout=10).state)
-        except grpc.RpcError as error:
-            print(f"submit: lost the storage: {error.code().name}")
-            return EXIT_UNREACHABLE
+        state = JobState(jobs.GetJobState(request, timeout=10).state)
         if state.terminal:
             break
         if time.monotonic() >= deadline:

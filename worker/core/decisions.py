@@ -17,9 +17,7 @@ import attrs
 from worker.core.encoding import success_request_size
 from worker.errors import (
     EvictedError,
-    FinalReportError,
     InvalidInputError,
-    MalformedContextError,
     ProtocolError,
     RpcError,
     StaleSessionError,
@@ -108,9 +106,8 @@ _RETRY = RegisterVerdict(False, False, False, True, False, "transient failure")
 
 def classify_register_error(error: RpcError | ProtocolError) -> RegisterVerdict:
     """The verdict for a failed registration (an OK answer is :data:`REGISTERED`)."""
-    if isinstance(error, MalformedContextError):
-        return _MALFORMED  # storage did create an instance: consumed, then fatal
     if isinstance(error, ProtocolError):
+        # MalformedContextError: storage did create an instance, so consumed, then fatal.
         return _MALFORMED
     if isinstance(error, StaleSessionError):
         return _STALE_SESSION
@@ -245,9 +242,7 @@ def classify_report_error(error: RpcError | ProtocolError) -> ReportVerdict:
         return ReportVerdict.RETRY
     if isinstance(error, StaleSessionError | StaleStateError):
         return ReportVerdict.FINAL_STALE
-    if isinstance(error, FinalReportError):
-        return ReportVerdict.FINAL_ERROR
-    return ReportVerdict.FINAL_ERROR
+    return ReportVerdict.FINAL_ERROR  # FinalReportError, any other code, a malformed answer
 
 
 class StopCause(enum.Enum):

@@ -168,21 +168,22 @@ class WorkerMachine:
             ) from error
         dest = self.state
         key: AssignmentKey | None = assignment.key if assignment is not None else None
-        logger.info(
-            "transition %s -> %s on %s",
-            source.value,
-            dest.value,
-            trigger.value,
-            extra={
-                "fields": {
-                    "from": source.value,
-                    "to": dest.value,
-                    "trigger": trigger.value,
-                    "assignment": None if key is None else f"{key[0]}/{key[1]}",
-                    "session": session,
-                }
-            },
-        )
+        if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
+            logger.info(
+                "transition %s -> %s on %s",
+                source.value,
+                dest.value,
+                trigger.value,
+                extra={
+                    "fields": {
+                        "from": source.value,
+                        "to": dest.value,
+                        "trigger": trigger.value,
+                        "assignment": None if key is None else f"{key[0]}/{key[1]}",
+                        "session": session,
+                    }
+                },
+            )
         if key is not None and self._story is not None:
             now = self._clock() if self._clock is not None else 0.0
             self._story.add(key, now, f"{source.value} -> {dest.value}", trigger.value)

@@ -1,13 +1,14 @@
 """The built-in Python executor: the entry point of every executor subprocess (executor.md §2, §4).
 
 The pool starts it as ``python -P -c BOOTSTRAP <worker_root> key=value ...`` (see
-``worker.executor.spawn``). It reads ``exec`` requests from a dedicated pipe, runs one task at a
-time in this process, and answers each with one ``result`` frame on another pipe. fd 1 and fd 2
-both go to the log pipe, so task output never touches the channel.
+``worker.executor.pool.executor_command``). It reads ``exec`` requests from a dedicated pipe,
+runs one task at a time in this process, and answers each with one ``result`` frame on another
+pipe. fd 1 and fd 2 both go to the log pipe, so task output never touches the channel.
 
 Imports: the standard library, ``msgpack`` and the stdlib-only worker modules ``wire``,
-``channel`` and ``worker.task`` (zstd lazily, for commit tasks). Never trio, attrs or the
-runtime: the executor starts in tens of milliseconds and stays small.
+``channel`` and ``worker.task``, all before ``package_dir`` goes on ``sys.path``; zstd comes
+lazily, for commit tasks, through ``wire``, which keeps ``package_dir`` out of that import.
+Never trio, attrs or the runtime: the executor starts in tens of milliseconds and stays small.
 
 Before and after each task the executor writes a marker line ``\\x1e<nonce> B|E <id>`` to fd 2;
 the pool's log reader uses them to tag the lines in between with the task's ids and never
@@ -20,6 +21,7 @@ import importlib
 import os
 import sys
 import time
+import traceback  # eagerly: a module in package_dir must not shadow it (or linecache, ...)
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +37,7 @@ from worker.executor.channel import (
 )
 from worker.executor.wire import (
     FrameDecodeError,
+    GraphOutputsDecodeError,
     OutputEncodeError,
     decode_values,
     encode_return,
@@ -80,6 +83,17 @@ def type_name(exc_type: type) -> str:
     return qualname if module == "builtins" else f"{module}.{qualname}"
 
 
+def _reported_type(exc: BaseException) -> str:
+    """The type a task's exception is reported as: the fixed name for the executor's own errors.
+
+    A malformed graph-outputs buffer surfaces as an exception from the context accessor, but
+    it is an executor-detected error with a fixed name (executor.md §2.6).
+    """
+    if isinstance(exc, GraphOutputsDecodeError):
+        return "GraphOutputsDecodeError"
+    return type_name(type(exc))
+
+
 def _cut(text: str, limit: int) -> str:
     encoded = text.encode("utf-8", "replace")
     if len(encoded) <= limit:
@@ -96,8 +110,6 @@ def _describe(exc: BaseException) -> str:
 
 def _format_traceback(exc: BaseException) -> str:
     try:
-        import traceback  # lazily: only failures pay for it
-
         return "".join(traceback.format_exception(exc))
     except BaseException:
         return ""
@@ -194,7 +206,7 @@ class _Executor:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the process stays
             return self.failure(
                 request_id,
-                type_name(type(exc)),
+                _reported_type(exc),
                 _describe(exc),
                 _format_traceback(exc),
                 started,

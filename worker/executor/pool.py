@@ -21,6 +21,7 @@ Supervision rules, in brief:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ __all__ = [
     "build_environment",
     "executor_command",
     "open_pool",
+    "result_beats_timer",
 ]
 
 log = logging.getLogger("worker.executor")
@@ -94,6 +96,10 @@ _BACKOFF_JITTER = 0.2
 _PR_SET_CHILD_SUBREAPER = 36
 _LOG_BATCH_LINES = 256
 _GROUP_REAP_WAIT_SEC = 1.0
+#: Tags of requests whose begin marker the log reader has not seen yet. The reader lags by at
+#: most one read chunk plus a pipe buffer of marker lines (~8,000 tasks), so this never drops a
+#: tag the built-in executor's markers will claim.
+_MAX_PENDING_TAGS = 16384
 
 
 def build_environment(settings: PoolSettings) -> tuple[dict[bytes, bytes], list[str]]:
@@ -160,11 +166,14 @@ def _describe_status(returncode: int | None) -> str:
     return "unknown" if exit_code is None else str(exit_code)
 
 
+@functools.cache
 def become_subreaper() -> bool:
     """Make this process adopt its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
 
     An executor's grandchildren are then reparented to the worker when the executor dies, so the
-    pool can reap them after killing the group, even when PID 1 does not reap orphans.
+    pool can reap them after killing the group, even when PID 1 does not reap orphans. The
+    attribute is process-wide and permanent, so it is set once (the result is cached). The
+    worker's only children are executors, so it adopts nothing else; see docs/tasks.md.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -220,6 +229,8 @@ class _Process:
         self.tags: dict[int, TaskTag] = {}
         self.next_request_id = 0
         self.logs_done = trio.Event()
+        #: The scope of the request in flight; the exit watcher cancels it.
+        self.in_flight: trio.CancelScope | None = None
 
     def set_max_frame(self, max_frame_bytes: int) -> None:
         self.reader = FrameReader(max_frame_bytes)
@@ -329,7 +340,11 @@ class ExecutorPool:
     # --- start -------------------------------------------------------------------------------
 
     async def _start_all(self) -> None:
-        become_subreaper()
+        if not become_subreaper():
+            log.warning(
+                "cannot become a child subreaper: killed executors' grandchildren are left to "
+                "PID 1 to reap (run under an init such as tini)"
+            )
         for name in self._missing_env:
             log.warning(
                 "inherited_env names %s, which is not set in the worker: executors will not see it",
@@ -386,6 +401,7 @@ class ExecutorPool:
         )
         proc.set_max_frame(self.settings.max_frame_bytes)
         self._start_background(self._read_logs, proc)
+        self._start_background(self._watch_exit, proc)
         fields = {"executor_id": executor_id, "pid": process.pid}
         try:
             problem = await self._await_ready(proc)
@@ -495,22 +511,32 @@ class ExecutorPool:
             return InTaskFailure("FrameTooLarge", f"request {exc}; it was not sent")
         tag = TaskTag(request.job_id, _task_id_text(request), request.task_instance_id)
         proc.tags[request_id] = tag
+        if len(proc.tags) > _MAX_PENDING_TAGS:
+            # an executor that writes no markers never claims its tags: drop the oldest
+            del proc.tags[next(iter(proc.tags))]
         outcome: Outcome | None = None
         broken: _ChannelBroken | None = None
         try:
-            with trio.move_on_at(deadline):
+            # the exit watcher cancels this scope too: a task's surviving grandchild may hold
+            # the channel open, so EOF alone does not reveal the executor's death
+            with trio.move_on_at(deadline) as proc.in_flight:
                 try:
                     outcome = await self._exchange(proc, request_id, frame)
                 except _ChannelBroken as error:
                     broken = error
+            proc.in_flight = None
+            if outcome is None and broken is None:
+                # the deadline fired or the executor exited: a result already complete in the
+                # pipe still wins (executor.md §10 item 11)
+                problem = _read_ready(proc)
+                outcome = result_beats_timer(proc.bodies, request_id)
+                if outcome is None and proc.process.returncode is not None:
+                    broken = _exit_cause(proc, request_id, problem)
             # handled outside the deadline scope, so the deadline cannot turn a crash into a
             # timeout or interrupt the respawn
             if broken is not None:
                 outcome = await self._crashed(slot, proc, broken)
             elif outcome is None:
-                # a complete result that arrived before we acted on the deadline still wins
-                outcome = _poll_result(proc, request_id)
-            if outcome is None:
                 outcome = await self._timed_out(slot, proc, request.hard_timeout_ms)
         except BaseException:
             # Cancelled (forced stop, eviction) or a bug: kill the group, start afresh, re-raise.
@@ -531,6 +557,12 @@ class ExecutorPool:
                 extra={"fields": fields},
             )
         return outcome
+
+    async def _watch_exit(self, proc: _Process) -> None:
+        """Reap the executor when it exits and cut short the request it leaves in flight."""
+        await proc.process.wait()
+        if proc.in_flight is not None:
+            proc.in_flight.cancel()
 
     async def _exchange(self, proc: _Process, request_id: int, frame: bytes) -> Outcome:
         try:
@@ -641,7 +673,9 @@ class ExecutorPool:
             if tag
             else "",
             self.settings.max_log_line_bytes,
-            extra={"fields": {**fields, "cap": self.settings.max_log_line_bytes}},
+            extra={
+                "fields": {**fields, "cap": self.settings.max_log_line_bytes, "dropped_bytes": size}
+            },
         )
 
     async def _write_logs(self) -> None:
@@ -715,22 +749,70 @@ class ExecutorPool:
         self._background.append(scope)
 
         async def run() -> None:
-            with scope:
-                await function(*args)
+            try:
+                with scope:
+                    await function(*args)
+            finally:
+                self._background.remove(scope)  # one pair of tasks per spawn: do not pile up
 
         self._nursery.start_soon(run)
 
 
-def _poll_result(proc: _Process, request_id: int) -> Outcome | None:
-    """A complete, valid ``result`` already in the response pipe, read without waiting."""
+def _read_ready(proc: _Process) -> ChannelError | OSError | None:
+    """Move what is already in the response pipe into ``proc.bodies``, without waiting.
+
+    Returns what stopped the reading early: a bad frame header or a failed read.
+    """
     try:
-        while not proc.bodies:
-            data = os.read(proc.receive_stream.fileno(), _RECEIVE_CHUNK)  # the fd is non-blocking
-            if not data:
-                return None
+        while data := _read_nowait(proc.receive_stream.fileno()):
             proc.bodies.extend(proc.reader.feed(data))
-        return _outcome_of(decode_message(proc.bodies.popleft()), request_id)
-    except (OSError, ChannelError, _ChannelBroken):
+    except (ChannelError, OSError) as exc:
+        return exc
+    return None
+
+
+def _read_nowait(fd: int) -> bytes:
+    try:
+        return os.read(fd, _RECEIVE_CHUNK)  # the fd is non-blocking
+    except BlockingIOError:
+        return b""  # nothing more yet (a task's surviving grandchild may hold the pipe open)
+
+
+def _exit_cause(
+    proc: _Process, request_id: int, problem: ChannelError | OSError | None
+) -> _ChannelBroken:
+    """Why the channel of an executor that exited mid-request ended, from what it left behind.
+
+    ``problem`` is what stopped ``_read_ready``. A bad frame, an unexpected message or a frame
+    cut short is named; else it is a plain end of channel, which the exit status explains.
+    """
+    if isinstance(problem, ChannelError):
+        return _ChannelBroken(str(problem))
+    if problem is not None:
+        return _ChannelBroken(f"channel read failed: {problem}")
+    if proc.bodies:
+        try:
+            _outcome_of(decode_message(proc.bodies[0]), request_id)
+        except ChannelError as exc:
+            return _ChannelBroken(str(exc))
+        except _ChannelBroken as broken:
+            return broken
+    if proc.reader.pending_bytes:
+        return _ChannelBroken("EOF inside a frame")
+    return _ChannelBroken("closed its channel before replying", eof=True)
+
+
+def result_beats_timer(bodies: Sequence[bytes], request_id: int) -> Outcome | None:
+    """The decision once the hard-timeout deadline fired (executor.md §6.2, §10 item 11).
+
+    ``bodies`` are the complete frames received before the pool acted on the deadline. A valid
+    ``result`` for ``request_id`` among them wins and is returned; ``None`` means ``Timeout``.
+    """
+    if not bodies:
+        return None
+    try:
+        return _outcome_of(decode_message(bodies[0]), request_id)
+    except (ChannelError, _ChannelBroken):
         return None
 
 

@@ -12,6 +12,7 @@ for any malformed input, never another exception.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "OutputEncodeError",
     "decode_frame",
     "decode_graph_outputs",
+    "decode_graph_payloads",
     "decode_payload",
     "decode_values",
     "encode_frame",
@@ -44,6 +46,8 @@ _U32 = struct.Struct("<I")
 _OPTION_WIRE = 0
 _OPTION_ZSTD = 1
 _ZSTD_READ_CHUNK = 1 << 16
+#: ``sys.path`` when this module was imported: in an executor, before ``package_dir`` was added.
+_OWN_PATH = list(sys.path)
 
 
 class FrameDecodeError(ValueError):
@@ -165,9 +169,7 @@ def encode_graph_outputs(
         compress = sum(len(p) for p in payloads) > ZSTD_THRESHOLD_BYTES
     if not compress:
         return bytes([_OPTION_WIRE]) + frame
-    import zstandard  # lazily: only commit tasks need it
-
-    compressor = zstandard.ZstdCompressor(level=level)
+    compressor = _zstandard().ZstdCompressor(level=level)
     compressed: bytes = compressor.compress(frame)
     return bytes([_OPTION_ZSTD]) + compressed
 
@@ -194,11 +196,35 @@ def decode_graph_outputs(data: bytes, *, max_bytes: int = 8 * 1024 * 1024) -> li
         raise GraphOutputsDecodeError(f"graph outputs: {exc}") from None
 
 
+def decode_graph_payloads(payloads: Sequence[bytes]) -> list[Any]:
+    """The values of raw graph-output ``payloads``; ``GraphOutputsDecodeError`` for a bad one."""
+    try:
+        return [decode_payload(p, i) for i, p in enumerate(payloads)]
+    except FrameDecodeError as exc:
+        raise GraphOutputsDecodeError(f"graph outputs: {exc}") from None
+
+
+def _zstandard() -> Any:
+    """The ``zstandard`` module, imported on first use (only commit tasks need it).
+
+    The first import runs with ``sys.path`` as it was when this module was imported, so a task
+    module in an executor's ``package_dir`` cannot shadow it or the modules it imports.
+    """
+    module = sys.modules.get("zstandard")
+    if module is None:
+        task_path = sys.path[:]
+        sys.path[:] = _OWN_PATH
+        try:
+            import zstandard as module
+        finally:
+            sys.path[:] = task_path
+    return module
+
+
 def _zstd_decompress(body: bytes, max_bytes: int) -> bytes:
     import io
 
-    import zstandard  # lazily: only commit tasks need it
-
+    zstandard = _zstandard()
     chunks: list[bytes] = []
     total = 0
     try:

@@ -378,6 +378,11 @@ class WorkerRuntime:
             if verdict is None:
                 self._note(key, "registration cancelled", "no record (A5)")
                 return None
+            if self._draining:
+                # The stop came while the call was in flight, but its reply was already on its
+                # way back: A5 treats it as cancelled, whatever storage answered (no record).
+                self._note(key, "reply discarded: stop during registration", "no record (A5)")
+                return None
             self._note(key, f"register: {verdict.reason}", error_text)
             if verdict.record:
                 self._ledger.record(assignment.record)
@@ -387,10 +392,9 @@ class WorkerRuntime:
                 self._fail(f"registration of {_key_text(key)}: {verdict.reason} {error_text}")
                 return None
             if verdict.execute:
-                if not self._draining:
-                    self._machine.fire(
-                        Trigger.REGISTERED, assignment=assignment, session=task.session_id
-                    )
+                self._machine.fire(
+                    Trigger.REGISTERED, assignment=assignment, session=task.session_id
+                )
                 return context
             if not verdict.retry:
                 if possible_orphan(verdict, backoff.attempt):
@@ -403,17 +407,14 @@ class WorkerRuntime:
                     "assignment dropped after registration",
                     extra={"fields": {"assignment": _key_text(key), "reason": verdict.reason}},
                 )
-                if not self._draining:
-                    self._machine.fire(
-                        Trigger.REGISTRATION_DROPPED, assignment=assignment, session=task.session_id
-                    )
+                self._machine.fire(
+                    Trigger.REGISTRATION_DROPPED, assignment=assignment, session=task.session_id
+                )
                 return None
             logger.warning(
                 "registration failed, retrying",
                 extra={"fields": {"assignment": _key_text(key), "error": error_text}},
             )
-            if self._draining:
-                return None
             delay = backoff.next_delay()
             with self._interruptible_scope():
                 await trio.sleep(delay)
@@ -466,7 +467,20 @@ class WorkerRuntime:
                 self._note(key, "killed", "no report")
             return
         self._note(key, "outcome", type(outcome).__name__)
-        if not is_reportable(session, self._tracker.current):
+        if self._forced or self._evicted:
+            # The outcome was on its way back as a stop that kills at once came: that stop sends
+            # no outcome for the running task (6.9 steps 2 and 4), whichever won the race.
+            logger.warning(
+                "outcome dropped: stopping at once",
+                extra={
+                    "fields": {
+                        "assignment": _key_text(key),
+                        "task_instance_id": context.task_instance_id,
+                    }
+                },
+            )
+            self._note(key, "outcome dropped", "stopping at once")
+        elif not is_reportable(session, self._tracker.current):
             logger.info(
                 "outcome dropped: session advanced",
                 extra={"fields": {"assignment": _key_text(key), "session": session}},

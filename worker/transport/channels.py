@@ -24,10 +24,18 @@ _StubT = TypeVar("_StubT")
 
 @attrs.frozen(slots=True)
 class ChannelOptions:
-    """Message-size limits applied to every channel (bytes)."""
+    """Message-size limits (bytes) and reconnect delays (seconds) applied to every channel.
+
+    grpcio waits between reconnection attempts on its own (by default 1 s growing to 120 s),
+    and while it waits every call fails at once with ``UNAVAILABLE``: after a long outage a
+    worker would stay cut off for up to two minutes although the server is back. The reconnect
+    delays are therefore bounded like the worker's own retries (``backoff.*``).
+    """
 
     max_send_bytes: int = 4 * 1024 * 1024
     max_receive_bytes: int = 256 * 1024 * 1024
+    reconnect_initial_sec: float = 0.1
+    reconnect_max_sec: float = 2.0
 
     def as_grpc(self) -> list[tuple[str, Any]]:
         """The grpcio channel arguments."""
@@ -35,7 +43,13 @@ class ChannelOptions:
             ("grpc.max_send_message_length", self.max_send_bytes),
             ("grpc.max_receive_message_length", self.max_receive_bytes),
             ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", _milliseconds(self.reconnect_initial_sec)),
+            ("grpc.max_reconnect_backoff_ms", _milliseconds(self.reconnect_max_sec)),
         ]
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 class ChannelPool:

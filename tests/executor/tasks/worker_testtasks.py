@@ -82,6 +82,15 @@ def spin_with_child() -> int:
         pass
 
 
+def exit_with_child(code: int) -> None:
+    """Fork a sleeping grandchild (same process group), then exit the executor with ``code``."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    os._exit(code)
+
+
 def sleep(seconds: float) -> None:
     """Sleep ``seconds``."""
     time.sleep(seconds)

@@ -51,7 +51,20 @@ def test_ledger_carries_head_and_pops_only_on_completion() -> None:
     ledger.carrier_completed(None)
     assert ledger.pending == (_rec(1),)
     assert ledger.shutdown_batch() == (_rec(1),)
-    assert ledger.delivered == (_rec(0),)
+    assert ledger.consumption_order == (_rec(0), _rec(1))
+
+
+def test_ledger_memory_is_bounded_by_its_history() -> None:
+    ledger = AckLedger(history=3)
+    for n in range(10):
+        ledger.record(_rec(n))
+        ledger.carrier_completed(ledger.to_carry())
+    assert ledger.consumption_order == (_rec(7), _rec(8), _rec(9))
+    assert ledger.pending == ()
+    with pytest.raises(LedgerError):
+        ledger.record(_rec(9))  # a repeat inside the window is still caught
+    with pytest.raises(ValueError, match="history"):
+        AckLedger(history=0)
 
 
 def test_ledger_refuses_misuse() -> None:

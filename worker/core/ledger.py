@@ -12,7 +12,13 @@ from collections import deque
 
 from worker.model import TaskAssignmentRecord
 
-__all__ = ["AckLedger", "LedgerError"]
+__all__ = ["DEFAULT_HISTORY", "AckLedger", "LedgerError"]
+
+#: How many of the most recently consumed records the ledger remembers for its double-append
+#: check and ``consumption_order``. A worker lives for millions of assignments, so remembering
+#: every one would grow without bound; a repeated append (the bug this catches) happens right
+#: after the first one, well inside this window.
+DEFAULT_HISTORY = 65_536
 
 
 class LedgerError(RuntimeError):
@@ -22,11 +28,14 @@ class LedgerError(RuntimeError):
 class AckLedger:
     """FIFO of acknowledgement records of consumed assignments not yet known to be delivered."""
 
-    def __init__(self) -> None:
+    def __init__(self, history: int = DEFAULT_HISTORY) -> None:
+        if history < 1:
+            raise ValueError(f"history must be at least 1, got {history}")
         self._pending: deque[TaskAssignmentRecord] = deque()
-        self._ever_recorded: set[TaskAssignmentRecord] = set()
-        self._consumption_order: list[TaskAssignmentRecord] = []
-        self._delivered: list[TaskAssignmentRecord] = []
+        # The last ``history`` records appended, in consumption order (a dict keeps insertion
+        # order and answers "appended before?" in O(1)).
+        self._recorded: dict[TaskAssignmentRecord, None] = {}
+        self._history = history
         self._closed = False
 
     @property
@@ -36,27 +45,18 @@ class AckLedger:
 
     @property
     def consumption_order(self) -> tuple[TaskAssignmentRecord, ...]:
-        """Every record ever appended, in the order the assignments were consumed."""
-        return tuple(self._consumption_order)
-
-    @property
-    def delivered(self) -> tuple[TaskAssignmentRecord, ...]:
-        """Records removed by a completed ``NextTask``, in removal order."""
-        return tuple(self._delivered)
-
-    @property
-    def closed(self) -> bool:
-        """Whether the Shutdown batch was taken (no more records may be appended)."""
-        return self._closed
+        """The most recent records appended (up to ``history``), in consumption order."""
+        return tuple(self._recorded)
 
     def record(self, record: TaskAssignmentRecord) -> None:
         """Append the record of a just-consumed assignment (exactly once per assignment)."""
         if self._closed:
             raise LedgerError(f"record {record} appended after the Shutdown batch was taken")
-        if record in self._ever_recorded:
+        if record in self._recorded:
             raise LedgerError(f"record {record} appended twice")
-        self._ever_recorded.add(record)
-        self._consumption_order.append(record)
+        self._recorded[record] = None
+        if len(self._recorded) > self._history:
+            del self._recorded[next(iter(self._recorded))]
         self._pending.append(record)
 
     def to_carry(self) -> TaskAssignmentRecord | None:
@@ -71,7 +71,7 @@ class AckLedger:
             return
         if not self._pending or self._pending[0] != carried:
             raise LedgerError(f"completed carrier of {carried} but the head is not that record")
-        self._delivered.append(self._pending.popleft())
+        self._pending.popleft()
 
     def shutdown_batch(self) -> tuple[TaskAssignmentRecord, ...]:
         """Every pending record, FIFO, for the single ``Shutdown`` request; closes the ledger."""

@@ -114,11 +114,12 @@ def _run_cluster(workers: int, tasks: int, workdir: Path) -> _RunResult:
         )
         processes = [WorkerProcess(f"bench-{workers}-{i}", config, workdir) for i in range(workers)]
         try:
+            # The clock starts once every worker is registered and blocked in its long poll.
             deadline = time.monotonic() + 60
-            while len(cluster.storage.db.ems()) < workers and time.monotonic() < deadline:
-                time.sleep(0.05)
-            # Let every worker reach its first long poll before the clock starts.
-            time.sleep(1.0)
+            while cluster.scheduler.waiting_polls < workers:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"{workers} workers did not all reach their long poll")
+                time.sleep(0.01)
             builder = JobBuilder("bench", package_dir=EXAMPLES_DIR)
             for index in range(tasks):
                 builder.task(f"t{index}", "fibonacci_tasks", "fibonacci", [1])
@@ -305,3 +306,9 @@ def main(argv: Sequence[str]) -> int:
     print(f"| worker | {results[0].worker_rss_mb:.1f} |")
     print(f"| idle executor | {results[0].executor_rss_mb:.1f} |")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -6,17 +6,14 @@ transport; storage and the scheduler are scripted in-test servers that record ev
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +22,7 @@ import pytest
 import trio
 import yaml
 
-from tests.transport.scripted import ScriptedServer, scripted_server
-from worker.logging_setup import ConsoleFormatter, JsonFormatter, resolve_format
+from tests.transport.scripted import ScriptedServer, closed_port, scripted_server
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.scheduler import scheduler_pb2
 from worker.transport._generated.storage import storage_pb2
@@ -71,13 +67,18 @@ exec {python} -m worker.executor.child "$@"
 
 
 class FakeCluster:
-    """Scripted storage + scheduler: one assignment of ``task_func``, then ``no_task`` polls."""
+    """Scripted storage + scheduler: one assignment of ``task_func``, then ``no_task`` polls.
 
-    def __init__(self, storage: ScriptedServer, scheduler: ScriptedServer, task_func: str) -> None:
+    Without a ``task_func`` the cluster is idle: every poll answers ``no_task``.
+    """
+
+    def __init__(
+        self, storage: ScriptedServer, scheduler: ScriptedServer, task_func: str | None = None
+    ) -> None:
         self.storage = storage
         self.scheduler = scheduler
         self._first_poll = threading.Lock()
-        self._assigned = False
+        self._assigned = task_func is None
         storage.reply(
             LIVENESS + "RegisterExecutionManager",
             storage_pb2.RegisterExecutionManagerResponse(
@@ -95,7 +96,7 @@ class FakeCluster:
             storage_pb2.RegisterTaskInstanceResponse(
                 execution_context=storage_pb2.ExecutionContext(
                     task_instance_id=9,
-                    tdl_context=storage_pb2.TdlContext(package="tasks", task_func=task_func),
+                    tdl_context=storage_pb2.TdlContext(package="tasks", task_func=task_func or ""),
                     timeout_policy=storage_pb2.TimeoutPolicy(
                         soft_timeout_ms=100_000, hard_timeout_ms=300_000
                     ),
@@ -353,15 +354,6 @@ def test_unreachable_scheduler_is_exit_1_without_any_rpc(
     assert storage.calls() == []
 
 
-@contextmanager
-def closed_port() -> Iterator[int]:
-    """A loopback port with nothing listening (bound but not listening, for the block's span)."""
-    with socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        port: int = placeholder.getsockname()[1]
-        yield port
-
-
 # --- Signals ---------------------------------------------------------------------------------
 
 
@@ -422,8 +414,7 @@ async def test_sigint_while_idle_drains_with_exit_0(
     servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
 ) -> None:
     storage, scheduler = servers
-    cluster = FakeCluster(storage, scheduler, "one_second")
-    cluster._assigned = True  # every poll answers no_task
+    FakeCluster(storage, scheduler)  # idle: every poll answers no_task
     config = write_config(tmp_path, storage.port, scheduler.port)
     with trio.fail_after(120):
         async with running_worker(config, tmp_path / "stdout.log") as worker:
@@ -443,8 +434,7 @@ async def test_eviction_exits_4_after_saying_goodbye(
     servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
 ) -> None:
     storage, scheduler = servers
-    cluster = FakeCluster(storage, scheduler, "one_second")
-    cluster._assigned = True  # idle: every poll answers no_task
+    FakeCluster(storage, scheduler)  # idle: every poll answers no_task
     heartbeats = 0
     lock = threading.Lock()
 
@@ -519,47 +509,7 @@ def test_executor_without_handshake_names_bin_path(
     assert scheduler.calls() == []
 
 
-# --- Log formats ----------------------------------------------------------------------------
-
-
-def _record(fields: dict[str, Any] | None = None) -> logging.LogRecord:
-    record = logging.LogRecord(
-        "worker.machine", logging.INFO, __file__, 1, "moved %s", ("on",), None
-    )
-    if fields is not None:
-        record.fields = fields
-    return record
-
-
-def test_console_format_renders_fields_as_key_value() -> None:
-    line = ConsoleFormatter().format(
-        _record({"from": "Idle", "to": "Awaiting", "assignment": "3/0", "note": "two words"})
-    )
-    assert "INFO    worker.machine: moved on" in line
-    assert line.endswith('from=Idle to=Awaiting assignment=3/0 note="two words"')
-
-
-def test_json_format_merges_fields_into_one_object() -> None:
-    line = JsonFormatter().format(_record({"em_id": 11, "message": "clash", "records": ["a"]}))
-    assert "\n" not in line
-    decoded = json.loads(line)
-    assert decoded["message"] == "moved on"
-    assert decoded["field.message"] == "clash"
-    assert decoded["em_id"] == 11
-    assert decoded["records"] == ["a"]
-    assert (decoded["level"], decoded["logger"]) == ("info", "worker.machine")
-    assert decoded["ts"].endswith("Z")
-
-
-def test_format_follows_the_terminal_unless_asked() -> None:
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    assert resolve_format(None, Terminal()) == "console"
-    assert resolve_format(None, io.StringIO()) == "json"
-    assert resolve_format("json", Terminal()) == "json"
-    assert resolve_format("console", io.StringIO()) == "console"
+# --- Signals during boot -----------------------------------------------------------------
 
 
 async def test_signal_while_connecting_aborts_the_boot_with_exit_0(
@@ -660,8 +610,7 @@ async def test_a_server_going_away_leaves_only_json_lines_on_stderr(
     servers: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
 ) -> None:
     storage, scheduler = servers
-    cluster = FakeCluster(storage, scheduler, "one_second")
-    cluster._assigned = True  # idle: every poll answers no_task
+    FakeCluster(storage, scheduler)  # idle: every poll answers no_task
     config = write_config(tmp_path, storage.port, scheduler.port)
     with trio.fail_after(120):
         async with running_worker(config, tmp_path / "stdout.log") as worker:

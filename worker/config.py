@@ -80,7 +80,8 @@ class _Check:
     description: str
     convert: Callable[[Any], Any]
 
-    def __call__(self, value: Any) -> Any:
+    def structure_hook(self, value: Any, _type: Any) -> Any:
+        """The cattrs structure hook of the field: the converted value, or ``_Invalid``."""
         return self.convert(value)
 
 
@@ -534,19 +535,12 @@ _CLASSES: Final = (
 # --- Structuring ----------------------------------------------------------------------------
 
 
-def _check_hook(check: _Check) -> Callable[[Any, Any], Any]:
-    def hook(value: Any, _type: Any) -> Any:
-        return check(value)
-
-    return hook
-
-
 def _build_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
     for cls in _CLASSES:
         attrs.resolve_types(cls)  # field.type becomes the class, not its annotation string
         overrides = {
-            field.name: cattrs.gen.override(struct_hook=_check_hook(field.metadata["check"]))
+            field.name: cattrs.gen.override(struct_hook=field.metadata["check"].structure_hook)
             for field in attrs.fields(cls)
             if "check" in field.metadata
         }

@@ -37,13 +37,17 @@ logger = logging.getLogger("worker.service")
 
 
 def _parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m worker",
         description="Run one worker (execution manager) against a Spider-protocol cluster.",
         epilog="SIGTERM/SIGINT drains (the running task finishes and is reported, then"
         " Shutdown); a second signal forces the stop. Exit codes: 0 drained, 1 fatal,"
         " 2 bad configuration, 3 forced, 4 evicted.",
     )
+    parser.add_argument(
+        "-c", "--config", required=True, type=Path, metavar="FILE", help="the YAML config file"
+    )
+    return parser
 
 
 @asynccontextmanager
@@ -190,12 +194,8 @@ async def _serve(
 def main(argv: Sequence[str]) -> int:
     """``python -m worker --config FILE``: the process exit code."""
     latch = install_latch()  # usually already installed by worker.cli, before this import
-    parser = _parser()
-    parser.add_argument(
-        "-c", "--config", required=True, type=Path, metavar="FILE", help="the YAML config file"
-    )
     try:
-        arguments = parser.parse_args(list(argv))
+        arguments = _parser().parse_args(list(argv))
     except SystemExit as exit_request:  # --help (0) or a bad command line (2)
         return int(exit_request.code or 0)
     try:

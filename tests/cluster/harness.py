@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
-from worker.cluster.jobs import Job
+from worker.cluster.jobs import Job, JobBuilder
 from worker.cluster.processes import WorkerProcess
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JobState, StorageSettings
@@ -31,6 +31,14 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
+
+
+def sleepy_job(count: int, seconds: float, name: str = "sleepy") -> JobBuilder:
+    """``count`` independent tasks ``t0..`` that each sleep ``seconds`` and return their index."""
+    builder = JobBuilder(name, package_dir=TASKS_DIR)
+    for index in range(count):
+        builder.task(f"t{index}", "cluster_tasks", "sleepy", [seconds, index])
+    return builder
 
 
 class E2E:

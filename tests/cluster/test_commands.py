@@ -10,14 +10,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.cluster.harness import TASKS_DIR, wait_for
-from worker.cluster.processes import WorkerProcess, descendants, worker_environment
+from worker.cluster.processes import (
+    WorkerProcess,
+    command_line,
+    descendants,
+    is_running,
+    worker_environment,
+)
 from worker.cluster.storage import JobState
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -247,11 +252,14 @@ def test_ctrl_c_to_local_mid_task_stops_workers_and_cluster_and_exits_130(
         wait_for(lambda: _running_tasks(database) == 1 or local.poll() is not None, 120, "task")
         assert local.poll() is None, (tmp_path / "local.out").read_text()
         # The two workers and their executors, remembered with their command lines.
-        family = {pid: _cmdline(pid) for pid in descendants(local.pid)}
+        family = {pid: command_line(pid) for pid in descendants(local.pid)}
         assert sum(b"-c" in cmd and b"worker" in cmd for cmd in family.values()) >= 2
         local.send_signal(signal.SIGINT)
         if interrupts == 2:
-            time.sleep(0.5)  # let the drain start; either way a second Ctrl-C must kill
+            # Two signals sent back to back could be coalesced into one: wait until the first
+            # one is handled (the workers are being drained), then interrupt that drain.
+            first_log = tmp_path / "work" / "worker-1.log"
+            wait_for(lambda: "stop requested: draining" in first_log.read_text(), 60, "a drain")
             local.send_signal(signal.SIGINT)
         code = local.wait(timeout=90)
     finally:
@@ -262,28 +270,15 @@ def test_ctrl_c_to_local_mid_task_stops_workers_and_cluster_and_exits_130(
     text = (tmp_path / "local.out").read_text()
     assert code == 130, text
     assert "local: interrupted; workers stopped" in text
-    leftovers = [pid for pid, cmd in family.items() if cmd and _cmdline(pid) == cmd and _alive(pid)]
+    leftovers = [
+        pid for pid, cmd in family.items() if cmd and command_line(pid) == cmd and is_running(pid)
+    ]
     for pid in leftovers:  # do not leak them into the rest of the suite
         os.kill(pid, signal.SIGKILL)
     assert leftovers == [], text
     if interrupts == 1:
         # The drained worker finished the running task and reported it before the cluster stopped.
         assert _job_state_in(database) == JobState.SUCCEEDED
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except OSError:
-        return False
-    return state not in {"Z", "X"}
 
 
 def test_submit_names_the_problem_for_a_bad_file_and_an_unreachable_storage(

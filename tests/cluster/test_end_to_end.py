@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.cluster.harness import E2E, TASKS_DIR, wait_for
+from tests.cluster.harness import E2E, TASKS_DIR, sleepy_job, wait_for
 from worker.cluster.codec import decode_task_outputs
 from worker.cluster.jobs import JobBuilder, TaskTimeouts, ref
 from worker.cluster.processes import worker_environment
@@ -22,13 +22,6 @@ from worker.cluster.storage import JobState
 from worker.examples.fibonacci_tasks import fibonacci
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def _sleepy_job(count: int, seconds: float, name: str = "sleepy") -> JobBuilder:
-    builder = JobBuilder(name, package_dir=TASKS_DIR)
-    for index in range(count):
-        builder.task(f"t{index}", "cluster_tasks", "sleepy", [seconds, index])
-    return builder
 
 
 def _assert_each_succeeded_once(e2e: E2E, job_id: int) -> None:
@@ -161,7 +154,7 @@ def test_sigkill_at_any_point_of_the_cycle_loses_nothing(e2e: E2E, phase: str) -
         hooks.delay_always("RegisterTaskInstance", 1.0)
     elif phase == "reporting":
         hooks.delay_always("ReportTaskSuccess", 1.0)
-    job_id = e2e.submit(_sleepy_job(6, 0.3).build())
+    job_id = e2e.submit(sleepy_job(6, 0.3).build())
     if phase == "polling":
         wait_for(lambda: e2e.successes(job_id).get("index:0") == 1, 60, "a first success")
         wait_for(
@@ -191,7 +184,7 @@ def test_sigkill_at_any_point_of_the_cycle_loses_nothing(e2e: E2E, phase: str) -
 def test_sigterm_drains_a_worker_mid_job_without_losing_outcomes_or_acks(e2e: E2E) -> None:
     drained, drained_id = e2e.start_worker()
     e2e.start_worker()
-    job_id = e2e.submit(_sleepy_job(8, 0.5).build())
+    job_id = e2e.submit(sleepy_job(8, 0.5).build())
     wait_for(lambda: bool(e2e.instances_of(drained_id)), 60, "the drained worker to execute")
     (instance,) = e2e.instances_of(drained_id)
     drained.signal(signal.SIGTERM)
@@ -209,21 +202,25 @@ def test_storage_restart_mid_job_bumps_the_session_and_the_job_succeeds(e2e: E2E
     """E2: workers learn the new session, drop stale work, and the job completes."""
     first, _ = e2e.start_worker()
     second, _ = e2e.start_worker()
-    job_id = e2e.submit(_sleepy_job(10, 0.3).build())
+    job_id = e2e.submit(sleepy_job(10, 0.3).build())
     wait_for(lambda: sum(e2e.successes(job_id).values()) >= 3, 60, "some progress")
     old_session = e2e.cluster.storage.session_id
-    assert e2e.cluster.restart_storage() == old_session + 1
+    with e2e.cluster.storage.exclusive():  # no report lands between the snapshot and the restart
+        before = e2e.successes(job_id)
+        assert e2e.cluster.restart_storage() == old_session + 1
     assert e2e.wait_job(job_id) is JobState.SUCCEEDED, e2e.logs()
     assert first.poll() is None
     assert second.poll() is None
-    # The restart re-ran the job from scratch: each task succeeded once more in the new session.
-    assert all(count >= 1 for count in e2e.successes(job_id).values())
+    # The restart re-ran the job from scratch: every task succeeded exactly once more, in the
+    # new session (the durable counters keep the old session's successes too).
+    after = e2e.successes(job_id)
+    assert {task: after[task] - before.get(task, 0) for task in after} == dict.fromkeys(after, 1)
 
 
 def test_scheduler_restart_mid_job_workers_back_off_and_carry_on(e2e: E2E) -> None:
     first, _ = e2e.start_worker()
     second, _ = e2e.start_worker()
-    job_id = e2e.submit(_sleepy_job(10, 0.3).build())
+    job_id = e2e.submit(sleepy_job(10, 0.3).build())
     wait_for(lambda: sum(e2e.successes(job_id).values()) >= 3, 60, "some progress")
     old_id = e2e.cluster.scheduler.scheduler_id
     assert e2e.cluster.restart_scheduler() > old_id

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import E2E, TASKS_DIR, wait_for
+from tests.cluster.harness import E2E, TASKS_DIR, sleepy_job, wait_for
 from worker.cluster.jobs import JobBuilder, TaskTimeouts
 from worker.cluster.servers import Delay, Fail, FaultHooks
 from worker.cluster.storage import JobState, Lane
@@ -152,13 +152,6 @@ def test_executor_crash_is_reported_with_its_exit_status(e2e: E2E) -> None:
     assert e2e.wait_job(follow_up) is JobState.SUCCEEDED
 
 
-def _sleepy(count: int, seconds: float) -> JobBuilder:
-    builder = JobBuilder("outage", package_dir=TASKS_DIR)
-    for index in range(count):
-        builder.task(f"t{index}", "cluster_tasks", "sleepy", [seconds, index])
-    return builder
-
-
 @pytest.fixture
 def patient(tmp_path: Path) -> Iterator[E2E]:
     """A cluster whose reaper waits 15 s: a short outage must not get the worker evicted."""
@@ -173,7 +166,7 @@ def patient(tmp_path: Path) -> Iterator[E2E]:
 def test_storage_outage_loses_no_report(patient: E2E) -> None:
     e2e = patient
     worker, em_id = e2e.start_worker()
-    job_id = e2e.submit(_sleepy(6, 0.4).build())
+    job_id = e2e.submit(sleepy_job(6, 0.4, "outage").build())
     wait_for(lambda: bool(e2e.instances_of(em_id)), 60, "a running task")
     e2e.cluster.storage_outage(1.5)
     assert e2e.wait_job(job_id) is JobState.SUCCEEDED, e2e.logs()
@@ -185,7 +178,7 @@ def test_storage_outage_loses_no_report(patient: E2E) -> None:
 def test_scheduler_outage_loses_no_record_and_workers_carry_on(patient: E2E) -> None:
     e2e = patient
     worker, _ = e2e.start_worker()
-    job_id = e2e.submit(_sleepy(6, 0.3).build())
+    job_id = e2e.submit(sleepy_job(6, 0.3, "outage").build())
     wait_for(lambda: sum(e2e.successes(job_id).values()) >= 2, 60, "some progress")
     e2e.cluster.restart_scheduler(downtime_sec=1.5)
     assert e2e.wait_job(job_id) is JobState.SUCCEEDED, e2e.logs()
@@ -200,7 +193,8 @@ def test_second_signal_mid_task_forces_exit_3_without_an_outcome(e2e: E2E) -> No
     )
     wait_for(lambda: bool(e2e.instances_of(em_id)), 60, "the long task to start")
     victim.signal(signal.SIGTERM)
-    time.sleep(0.3)
+    # A second signal sent before the first is handled could be coalesced with it.
+    wait_for(lambda: "stop requested: draining" in victim.log_text(), 30, "the drain to start")
     victim.signal(signal.SIGTERM)
     assert victim.wait(30) == 3, victim.log_text()
     rows = {row.task: row for row in e2e.cluster.storage.task_rows(job_id)}

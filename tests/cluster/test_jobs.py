@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from worker.cluster.codec import (
     FrameError,
     decode_frame,
+    decode_output_values,
     decode_task_outputs,
     encode_frame,
     encode_task_outputs,
@@ -209,6 +210,15 @@ def test_task_outputs_follow_the_spec_example_and_the_zstd_rule() -> None:
 def test_malformed_task_outputs_raise(data: bytes) -> None:
     with pytest.raises(FrameError):
         decode_task_outputs(data)
+
+
+def test_output_values_decode_each_payload_and_reject_a_non_msgpack_one() -> None:
+    assert decode_output_values(encode_task_outputs([msgpack.packb(v) for v in (3, "x")])) == [
+        3,
+        "x",
+    ]
+    with pytest.raises(FrameError, match="not one msgpack value"):
+        decode_output_values(encode_task_outputs([b"\xc1"]))
 
 
 def test_repository_examples_load() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
+from tests.cluster.harness import wait_for
 from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine, SchedulerSettings
 from worker.cluster.storage import Lane, ReadyTask
 from worker.model import TaskId
@@ -40,13 +40,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 def _ready(job_id: int, index: int) -> ReadyTask:
@@ -82,7 +75,7 @@ def test_long_poll_returns_work_that_arrives_while_waiting() -> None:
     results: list[object] = []
     poller = threading.Thread(target=lambda: results.append(engine.next_task(1, None, 30)))
     poller.start()
-    _wait_until(lambda: engine.waiting_polls == 1)
+    wait_for(lambda: engine.waiting_polls == 1, 30, "the poll to block")
     engine.accept(3, [_ready(4, 0)])
     poller.join(timeout=10)
     assert not poller.is_alive()
@@ -105,7 +98,7 @@ def test_a_cancelled_poll_returns_without_taking_work() -> None:
         target=lambda: results.append(engine.next_task(1, None, 30, cancelled.is_set))
     )
     poller.start()
-    _wait_until(lambda: engine.waiting_polls == 1)
+    wait_for(lambda: engine.waiting_polls == 1, 30, "the poll to block")
     cancelled.set()
     engine.wake()
     poller.join(timeout=10)

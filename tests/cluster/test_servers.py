@@ -9,6 +9,7 @@ import grpc
 import msgpack
 import pytest
 
+from tests.cluster.harness import wait_for
 from worker.cluster.codec import decode_task_outputs
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import JobBuilder, encode_job
@@ -246,15 +247,10 @@ def test_client_cancellation_frees_the_long_poll(cluster: EmbeddedCluster, stubs
         scheduler_pb2.NextTaskRequest(execution_manager_id=em_id, wait_time_ms=60_000),
         timeout=70,
     )
-    deadline = time.monotonic() + 30
-    while cluster.scheduler_server.hooks.calls["NextTask"] == 0:
-        assert time.monotonic() < deadline, "the poll never reached the scheduler"
-        time.sleep(0.01)
+    wait_for(lambda: cluster.scheduler_server.hooks.calls["NextTask"] > 0, 30, "the poll")
     future.cancel()
     # The server notices the cancellation and ends the poll long before its 60 s budget.
-    while not answered:
-        assert time.monotonic() < deadline, "the cancelled poll kept its thread"
-        time.sleep(0.01)
+    wait_for(lambda: bool(answered), 20, "the cancelled poll to end")
     assert answered == ["no_task"]
     cluster.submit(JobBuilder("c").task("a", "m", "f", [1]).build())
     # The cancelled poll did not take the work: a new poll gets it at once.

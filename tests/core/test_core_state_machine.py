@@ -14,9 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from worker.core.decisions import (
     REGISTERED,
-    HeartbeatVerdict,
     SessionGate,
-    classify_heartbeat_session,
     classify_register_error,
     session_gate,
 )
@@ -30,7 +28,7 @@ from worker.core.machine import (
     Trigger,
     WorkerMachine,
 )
-from worker.core.session import SessionTracker
+from worker.core.session import SessionObservation, SessionTracker
 from worker.errors import (
     MalformedContextError,
     ProtocolError,
@@ -221,13 +219,13 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(delta=st.sampled_from([0, 0, 0, 0, 1, 1, 2, -1]))
     def heartbeat(self, delta: int) -> None:
         session = max(0, self.tracker.current + delta)
-        verdict = classify_heartbeat_session(SessionId(session), self.tracker.current)
-        assert (verdict is HeartbeatVerdict.EVICTED) == (session < self.highest_session)
-        if verdict is HeartbeatVerdict.EVICTED:
+        observation = self.tracker.observe(SessionId(session))
+        assert (observation is SessionObservation.REGRESSED) == (session < self.highest_session)
+        if observation is SessionObservation.REGRESSED:
+            assert self.tracker.current == self.highest_session  # never lowered
             if self._running():
                 self.machine.fire(Trigger.EVICT)
             return
-        self.tracker.observe(SessionId(session))
         self.highest_session = max(self.highest_session, session)
 
     @precondition(

@@ -15,7 +15,6 @@ from worker.core.decisions import (
     StopCause,
     cap_error_message,
     classify_heartbeat_error,
-    classify_heartbeat_session,
     classify_register_error,
     classify_report_error,
     exit_code_for,
@@ -99,9 +98,6 @@ def test_register_ok_and_malformed() -> None:
 
 
 def test_heartbeat_verdicts() -> None:
-    assert classify_heartbeat_session(S(5), S(5)) is HeartbeatVerdict.SAME
-    assert classify_heartbeat_session(S(6), S(5)) is HeartbeatVerdict.ADVANCED
-    assert classify_heartbeat_session(S(4), S(5)) is HeartbeatVerdict.EVICTED
     for code in (StatusCode.FAILED_PRECONDITION, StatusCode.INVALID_ARGUMENT):
         error = error_for(Rpc.STORAGE_HEARTBEAT, code)
         assert classify_heartbeat_error(error) is HeartbeatVerdict.EVICTED

@@ -30,8 +30,7 @@ def _message_classes() -> tuple[Any, Any]:
     file = descriptor_pb2.FileDescriptorProto(
         name="worker_test_encoding.proto", package="wtest", syntax="proto3"
     )
-    void = file.message_type.add(name="Void")
-    del void
+    file.message_type.add(name="Void")
     task_id = file.message_type.add(name="TaskId")
     task_id.oneof_decl.add(name="kind")
     task_id.field.add(

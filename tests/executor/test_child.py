@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import msgpack
 import pytest
 
 from worker import task
-from worker.executor.channel import HEADER, decode_message, encode_message
-from worker.executor.pool import _BOOTSTRAP, _WORKER_ROOT, build_environment, executor_command
+from worker.executor.channel import HEADER, decode_message, encode_message, read_frame_blocking
+from worker.executor.pool import build_environment, executor_command
 from worker.executor.settings import PoolSettings
+from worker.executor.wire import decode_values
+
+#: The default ``max_frame_bytes`` the executors started here run with.
+FRAME_LIMIT = 8 * 1024 * 1024
 
 
 def start_child(package_dir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
@@ -39,11 +42,8 @@ def start_child(package_dir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
 
 def read_message(fd: int) -> dict[str, object]:
     """One message from the executor (blocking)."""
-    header = os.read(fd, HEADER.size)
-    (size,) = HEADER.unpack(header)
-    body = b""
-    while len(body) < size:
-        body += os.read(fd, size - len(body))
+    body = read_frame_blocking(fd, FRAME_LIMIT)
+    assert body is not None, "the executor closed its channel"
     return decode_message(body)
 
 
@@ -83,6 +83,7 @@ def test_graceful_exit_and_bad_frames(
 
 
 def test_executor_imports_stay_light(package_dir: Path) -> None:
+    # the footprint of the executor as the pool starts it, after it has run an index task
     child, request_write, response_read = start_child(package_dir)
     try:
         read_message(response_read)
@@ -97,39 +98,28 @@ def test_executor_imports_stay_light(package_dir: Path) -> None:
                     "index": 0,
                     "inst": 1,
                     "rg": 1,
-                    "pkg": "sys",
-                    "func": "getrecursionlimit",
+                    "pkg": "worker_testtasks",
+                    "func": "loaded_modules",
                     "io": b"\x00\x00\x00\x00",
                     "hard_ms": 1000,
                 }
             ),
         )
         result = read_message(response_read)
-        assert result["ok"] is True
+        assert result["ok"] is True, result
+        out = result["out"]
+        assert isinstance(out, bytes)
     finally:
         os.close(request_write)
         os.close(response_read)
         child.wait(timeout=30)
         assert child.stdout is not None
         child.stdout.close()
-    probe = subprocess.run(
-        [
-            sys.executable,
-            "-P",
-            "-c",
-            f"import sys; sys.path.insert(0, {_WORKER_ROOT!r}); import worker.executor.child; "
-            "import worker.task; print(' '.join(sorted(sys.modules)))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={},
-    )
-    loaded = set(probe.stdout.split())
+    [loaded] = decode_values(out)
     for heavy in ("trio", "attrs", "cattrs", "grpc", "worker.model", "zstandard", "transitions"):
         assert heavy not in loaded, heavy
     assert "msgpack" in loaded
-    assert _BOOTSTRAP.startswith("import sys")
+    assert "worker.executor.child" in loaded
 
 
 def test_accessor_raises_outside_a_task() -> None:

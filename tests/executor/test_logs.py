@@ -127,6 +127,9 @@ def test_tagger_tags_lines_between_markers() -> None:
     tagger = LineTagger("abcd", lookup)
     begin = marker("abcd", "B", 3).rstrip(b"\n")
     end = marker("abcd", "E", 3).rstrip(b"\n")
+    # the pool hands this prefix to the splitter: it must be how the executor's markers start
+    assert tagger.marker_prefix == PREFIX
+    assert begin.startswith(PREFIX)
     assert tagger.process(b"idle") == ("idle", None)
     assert tagger.process(begin) == (None, None)
     assert tagger.process(b"caf\xe9") == ("caf\ufffd", tag)

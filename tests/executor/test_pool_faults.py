@@ -16,7 +16,7 @@ from tests.executor.conftest import (
     request,
 )
 from worker.core.decisions import failure_message
-from worker.errors import PoolBroken, PoolInitError
+from worker.errors import PoolInitError
 from worker.executor import pool as pool_module
 from worker.executor.channel import HEADER, encode_message
 from worker.executor.pool import _RECEIVE_CHUNK, open_pool, result_beats_timer
@@ -256,32 +256,6 @@ async def test_tags_of_an_executor_without_markers_do_not_pile_up(
             process = pool._slots[0].process
             assert process is not None
             assert sorted(process.tags) == [6, 7, 8, 9]
-
-
-async def test_one_call_retries_failed_starts_up_to_the_limit(
-    package_dir: Path, sink: CollectingSink, tmp_path: Path
-) -> None:
-    # docs/tasks.md "Time bounds": a call without a live executor retries the start (with
-    # backoff) until one is ready or crash_loop_limit consecutive starts failed
-    dies = executor_script(tmp_path, "dies.py", "sys.exit(5)\n")
-    settings = PoolSettings(
-        package_dir=package_dir,
-        crash_loop_limit=4,
-        respawn_backoff_initial_ms=10,
-        respawn_backoff_max_ms=20,
-    )
-    with trio.fail_after(TEST_BOUND_SEC):
-        async with open_pool(
-            settings, log_sink=sink, bin_path_for=lambda eid: None if eid == 0 else dies
-        ) as pool:
-            assert await pool.execute(request("exit_hard", 3)) == ExecutorCrash(exit_code=3)
-            assert len(pool.process_groups) == 2  # executor 0, then one failed respawn
-            with pytest.raises(PoolBroken, match="4 times in a row"):
-                await pool.execute(request("fibonacci", 7))
-            assert len(pool.process_groups) == 2 + 3  # this one call tried three more starts
-            with pytest.raises(PoolBroken):
-                await pool.execute(request("fibonacci", 7))
-            assert len(pool.process_groups) == 5  # broken: no more starts
 
 
 async def test_a_result_sent_just_before_the_executor_exits_is_kept(

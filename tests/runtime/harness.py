@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import itertools
 import random
-import struct
 from collections.abc import Callable
 
-import msgpack
 import trio
 
 from worker.core.machine import State, Trigger
@@ -33,6 +31,7 @@ from worker.model import (
     TimeoutPolicy,
 )
 from worker.runtime import RuntimeSettings, WorkerRuntime
+from worker.taskio import encode_inputs
 from worker.testing import FakeLiveness, FakePool, FakeScheduler, FakeStorage, Journal, Phase
 
 __all__ = [
@@ -74,11 +73,8 @@ def rec(assignment: SchedulerAssignment) -> TaskAssignmentRecord:
 
 
 def frame(*values: object) -> bytes:
-    """The wire frame (protocol.md section 4.1) of ``values``."""
-    payloads = [msgpack.packb(v, use_bin_type=True) for v in values]
-    return struct.pack("<I", len(payloads)) + b"".join(
-        struct.pack("<I", len(p)) + p for p in payloads
-    )
+    """The wire frame (protocol.md section 4.1) of ``values``, one payload each."""
+    return encode_inputs(*values)
 
 
 def ctx(func: str, *args: object, instance: int | None = None) -> ExecutionContext:

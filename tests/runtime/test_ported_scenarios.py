@@ -280,7 +280,8 @@ async def test_r13_outer_cancel_stops_heartbeats(autojump_clock: trio.testing.Mo
     await trio.sleep(5 * HEARTBEAT)
     assert (h.liveness.heartbeat_count, h.scheduler.heartbeat_count) == counts
     assert h.pool.closed
-    assert len(h.scheduler.shutdown_calls) <= 1
+    # The spec allows one; this runtime always sends its shielded goodbye (the fake answers OK).
+    assert len(h.scheduler.shutdown_calls) == 1
     assert h.scheduler.unknown_acks == []
 
 

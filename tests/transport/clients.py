@@ -24,9 +24,10 @@ from worker.transport.liveness import GrpcLivenessClient
 from worker.transport.scheduler import GrpcSchedulerClient
 from worker.transport.storage import GrpcStorageClient
 
-__all__ = ["METHOD_PATHS", "Clients", "SAMPLE_CALLS"]
+__all__ = ["EM_ID", "METHOD_PATHS", "NO_TASK", "SAMPLE_CALLS", "Clients"]
 
 EM_ID = ExecutionManagerId(1)
+NO_TASK = bytes.fromhex("12 00")  # NextTaskResponse{no_task: {}}
 
 #: The method path of every RPC the worker sends (protocol.md sections 2.2 and 2.3).
 METHOD_PATHS: dict[Rpc, str] = {

@@ -8,6 +8,7 @@ exactly what went over the wire. A test scripts a method with a behaviour
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ __all__ = [
     "RecordedCall",
     "ScriptedServer",
     "abort_with",
+    "closed_port",
     "scripted_server",
 ]
 
@@ -123,3 +125,12 @@ def scripted_server(max_workers: int = 16) -> Iterator[ScriptedServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening, for the block's span."""
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port: int = placeholder.getsockname()[1]
+        yield port

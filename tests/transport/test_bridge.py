@@ -10,7 +10,7 @@ import grpc
 import pytest
 import trio
 
-from tests.transport.clients import EM_ID, METHOD_PATHS, SAMPLE_CALLS, Clients
+from tests.transport.clients import EM_ID, METHOD_PATHS, NO_TASK, SAMPLE_CALLS, Clients
 from tests.transport.scripted import SERVER_THREADS, ScriptedServer
 from worker.errors import Rpc, RpcError, StatusCode, TransportError
 from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
@@ -18,7 +18,6 @@ from worker.transport.bridge import CallFailed, unary_call
 from worker.transport.channels import ChannelOptions, ChannelPool
 from worker.transport.scheduler import GrpcSchedulerClient
 
-NO_TASK = bytes.fromhex("12 00")
 CANCEL_LIMIT_SEC = 0.050  # protocol.md / issue: a cancelled call returns and reaches the server
 
 
@@ -96,7 +95,7 @@ async def test_the_deadline_is_sent_and_enforced(
 
 
 async def test_unary_call_rejects_a_missing_deadline(channels: ChannelPool) -> None:
-    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.next())
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.channels[0])
     with pytest.raises(ValueError, match="positive deadline"):
         await unary_call(stub.NextTask, scheduler_pb2.NextTaskRequest(), deadline_sec=0)
 
@@ -104,7 +103,7 @@ async def test_unary_call_rejects_a_missing_deadline(channels: ChannelPool) -> N
 async def test_call_failed_carries_code_and_details(
     server: ScriptedServer, channels: ChannelPool
 ) -> None:
-    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.next())
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channels.channels[0])
     # NextTask is not scripted: the scripted server answers UNIMPLEMENTED.
     with trio.fail_after(20), pytest.raises(CallFailed) as raised:
         await unary_call(stub.NextTask, scheduler_pb2.NextTaskRequest(), deadline_sec=5)
@@ -228,7 +227,7 @@ async def test_message_size_limits_apply_in_both_directions(server: ScriptedServ
     server.reply(METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT], b"")
     pool = ChannelPool("127.0.0.1", server.port, 1, ChannelOptions(16, 32))
     try:
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(pool.next())
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(pool.channels[0])
         with trio.fail_after(20):
             with pytest.raises(CallFailed) as too_big_answer:
                 await unary_call(stub.NextTask, scheduler_pb2.NextTaskRequest(), deadline_sec=5)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tests.transport.clients import METHOD_PATHS, SAMPLE_CALLS, Clients
-from tests.transport.scripted import ScriptedServer, abort_with
+from tests.transport.scripted import ScriptedServer, abort_with, closed_port
 from worker.errors import (
     FinalReportError,
     IllegalIdError,
@@ -122,10 +122,7 @@ async def test_server_side_exception_is_unknown(
 
 @pytest.mark.parametrize("rpc", list(Rpc), ids=[r.name for r in Rpc])
 async def test_unreachable_peer_is_a_transport_error(rpc: Rpc) -> None:
-    # Bind a port and keep it closed to connections: nothing listens there.
-    with trio.socket.socket() as placeholder:
-        await placeholder.bind(("127.0.0.1", 0))
-        port = placeholder.getsockname()[1]
+    with closed_port() as port:
         pool = ChannelPool("127.0.0.1", port, 1, ChannelOptions())
         try:
             with trio.fail_after(20), pytest.raises(RpcError) as raised:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import trio
 
-from tests.transport.scripted import scripted_server
+from tests.transport.scripted import closed_port, scripted_server
 from worker.core.ports import LivenessClient, SchedulerClient, StorageClient
-from worker.transport.channels import ChannelOptions, ChannelPool
+from worker.transport.channels import ChannelOptions, ChannelPool, StubPool
 from worker.transport.connections import ClusterConnections, ConnectFailed
 from worker.transport.liveness import GrpcLivenessClient
 from worker.transport.scheduler import GrpcSchedulerClient
@@ -29,7 +27,8 @@ def test_clients_satisfy_the_ports() -> None:
             GrpcLivenessClient,
         }
         assert len(pool.channels) == 2
-        assert pool.next() is not pool.next()  # round-robin over two channels
+        stubs = StubPool(pool, lambda channel: channel)
+        assert [stubs.next() for _ in range(4)] == [*pool.channels, *pool.channels]  # round-robin
     finally:
         pool.close()
         pool.close()  # idempotent
@@ -52,11 +51,10 @@ def test_cluster_connections_build_clients_per_server() -> None:
 
 
 async def test_wait_ready_names_the_unreachable_server() -> None:
-    with scripted_server() as storage, socket.socket() as placeholder:
-        placeholder.bind(("127.0.0.1", 0))  # bound, never listening: refuses connections
+    with scripted_server() as storage, closed_port() as scheduler_port:
         connections = ClusterConnections(
             storage=("127.0.0.1", storage.port),
-            scheduler=("127.0.0.1", placeholder.getsockname()[1]),
+            scheduler=("127.0.0.1", scheduler_port),
             pool_size=2,
             options=ChannelOptions(),
             rpc_timeout_sec=1.0,

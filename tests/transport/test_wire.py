@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.transport.clients import EM_ID, METHOD_PATHS, Clients
+from tests.transport.clients import EM_ID, METHOD_PATHS, NO_TASK, Clients
 from tests.transport.scripted import ScriptedServer
 from worker.errors import MalformedContextError, ProtocolError, Rpc
 from worker.model import (
@@ -38,7 +38,6 @@ from worker.transport.channels import ChannelPool
 from worker.transport.convert import next_task_request, task_id_to_proto
 
 VOID = b""
-NO_TASK = bytes.fromhex("12 00")  # NextTaskResponse{no_task: {}}
 
 
 def record(assignment_id: int, scheduler_id: int) -> TaskAssignmentRecord:

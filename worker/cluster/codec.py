@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+import msgpack
 import zstandard
 
 __all__ = [
     "ZSTD_THRESHOLD_BYTES",
     "FrameError",
     "decode_frame",
+    "decode_output_values",
     "decode_task_outputs",
     "encode_frame",
     "encode_task_outputs",
@@ -88,3 +91,12 @@ def decode_task_outputs(data: bytes) -> list[bytes]:
             raise FrameError("decompressed outputs too large")
         return decode_frame(frame)
     raise FrameError(f"unknown SerializedTaskOutputs option {option}")
+
+
+def decode_output_values(data: bytes) -> list[Any]:
+    """The msgpack values a SerializedTaskOutputs buffer carries (one per sink output)."""
+    payloads = decode_task_outputs(data)
+    try:
+        return [msgpack.unpackb(payload, raw=False, strict_map_key=False) for payload in payloads]
+    except ValueError as error:  # msgpack's unpack errors are ValueErrors
+        raise FrameError(f"an output is not one msgpack value: {error}") from error

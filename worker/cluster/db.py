@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     PRIMARY KEY (job_id, task)
 );
 """
+# The columns of each row record, in its field order.
+_EM_COLUMNS = "id, ip_address, state, last_heartbeat_at"
+_JOB_COLUMNS = (
+    "id, resource_group_id, name, graph, inputs, state, outputs, error, created_at, finished_at"
+)
 
 
 @attrs.frozen(slots=True)
@@ -131,10 +136,6 @@ class Database:
         cursor = self._conn.execute("INSERT INTO sessions (started_at) VALUES (?)", (time.time(),))
         return int(cursor.lastrowid or 0)
 
-    def sessions(self) -> list[int]:
-        """Every session id, oldest first."""
-        return [row[0] for row in self._conn.execute("SELECT id FROM sessions ORDER BY id")]
-
     def insert_em(self, ip_address: str, now: float) -> int:
         """Register a worker (alive) and return its never-reused id."""
         cursor = self._conn.execute(
@@ -147,16 +148,14 @@ class Database:
     def em(self, em_id: int) -> EmRow | None:
         """The worker row, or None."""
         row = self._conn.execute(
-            "SELECT id, ip_address, state, last_heartbeat_at FROM execution_managers WHERE id = ?",
+            f"SELECT {_EM_COLUMNS} FROM execution_managers WHERE id = ?",
             (em_id,),
         ).fetchone()
         return EmRow(*row) if row else None
 
     def ems(self) -> list[EmRow]:
         """Every worker row."""
-        rows = self._conn.execute(
-            "SELECT id, ip_address, state, last_heartbeat_at FROM execution_managers ORDER BY id"
-        )
+        rows = self._conn.execute(f"SELECT {_EM_COLUMNS} FROM execution_managers ORDER BY id")
         return [EmRow(*row) for row in rows]
 
     def touch_em(self, em_id: int, now: float) -> None:
@@ -186,10 +185,6 @@ class Database:
             (host, port, session_id, now),
         )
         return int(cursor.lastrowid or 0)
-
-    def schedulers(self) -> list[tuple[int, str, int]]:
-        """Every scheduler row as ``(id, host, port)``."""
-        return list(self._conn.execute("SELECT id, host, port FROM schedulers ORDER BY id"))
 
     def ensure_resource_group(self, external_id: str, password: bytes) -> int:
         """The id of the group ``external_id``, created if missing."""
@@ -241,8 +236,7 @@ class Database:
     def job(self, job_id: int) -> JobRow | None:
         """The job row, or None."""
         row = self._conn.execute(
-            "SELECT id, resource_group_id, name, graph, inputs, state, outputs, error,"
-            " created_at, finished_at FROM jobs WHERE id = ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         return JobRow(*row) if row else None
@@ -251,8 +245,7 @@ class Database:
         """Every job whose state is one of ``states``, by id."""
         marks = ",".join("?" * len(states))
         rows = self._conn.execute(
-            "SELECT id, resource_group_id, name, graph, inputs, state, outputs, error,"
-            f" created_at, finished_at FROM jobs WHERE state IN ({marks}) ORDER BY id",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY id",
             states,
         )
         return [JobRow(*row) for row in rows]

@@ -142,13 +142,18 @@ class Job:
     commit: AuxTask | None = None
     cleanup: AuxTask | None = None
     package_dir: Path | None = None
+    # Derived once: storage resolves a parent's index for every input of every registration.
+    _index_by_name: dict[str, int] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        """Index the tasks by name."""
+        object.__setattr__(
+            self, "_index_by_name", {task.name: index for index, task in enumerate(self.tasks)}
+        )
 
     def index_of(self, name: str) -> int:
-        """The graph index of the task named ``name``."""
-        for index, task in enumerate(self.tasks):
-            if task.name == name:
-                return index
-        raise KeyError(name)
+        """The graph index of the task named ``name`` (``KeyError`` if there is none)."""
+        return self._index_by_name[name]
 
     @property
     def sink_indices(self) -> list[int]:

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import msgpack
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.cluster.codec import FrameError, decode_task_outputs
+from worker.cluster.codec import FrameError, decode_output_values
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.processes import WorkerProcess
@@ -93,17 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _decode_values(payloads: list[bytes]) -> list[Any]:
-    return [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in payloads]
-
-
 def _sink_outputs(cluster: EmbeddedCluster, job_id: int) -> list[Any]:
     raw = cluster.storage.job_outputs(job_id)
     if not raw:
         return []
     try:
-        return _decode_values(decode_task_outputs(raw))
-    except (FrameError, ValueError):
+        return decode_output_values(raw)
+    except FrameError:
         return ["<undecodable>"]
 
 

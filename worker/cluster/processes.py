@@ -19,7 +19,14 @@ import yaml
 
 import worker
 
-__all__ = ["WorkerProcess", "descendants", "wait_all", "worker_environment"]
+__all__ = [
+    "WorkerProcess",
+    "command_line",
+    "descendants",
+    "is_running",
+    "wait_all",
+    "worker_environment",
+]
 
 _PROJECT_ROOT = Path(worker.__file__).resolve().parent.parent
 
@@ -54,11 +61,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _cmdline(pid: int) -> bytes:
+def command_line(pid: int) -> bytes:
+    """The raw ``/proc`` command line of ``pid``; empty once it is gone."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def is_running(pid: int) -> bool:
+    """Whether ``pid`` exists and is neither a zombie nor dead (Linux ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
 
 
 class WorkerProcess:
@@ -108,11 +125,11 @@ class WorkerProcess:
     def _remember_children(self) -> None:
         for pid in descendants(self.process.pid):
             if pid not in self._children:
-                self._children[pid] = _cmdline(pid)
+                self._children[pid] = command_line(pid)
 
     def _still_ours(self, pid: int) -> bool:
         """Whether ``pid`` still runs the command it ran when seen (pids get reused)."""
-        return bool(self._children.get(pid)) and _cmdline(pid) == self._children[pid]
+        return bool(self._children.get(pid)) and command_line(pid) == self._children[pid]
 
     def kill_group(self) -> None:
         """SIGKILL the worker, its descendants (executors run in their own groups) and its group."""
@@ -141,15 +158,8 @@ class WorkerProcess:
 
     def leftovers(self) -> list[int]:
         """Pids of this worker and of the children seen so far that still run (zombies aside)."""
-        alive = []
-        for pid in [self.process.pid, *(p for p in self._children if self._still_ours(p))]:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}:
-                alive.append(pid)
-        return alive
+        candidates = [self.process.pid, *(p for p in self._children if self._still_ours(p))]
+        return [pid for pid in candidates if is_running(pid)]
 
     def log_text(self) -> str:
         """What the worker wrote so far."""

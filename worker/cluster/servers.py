@@ -20,12 +20,12 @@ import grpc
 
 from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine
 from worker.cluster.storage import STORAGE_INTERNAL_ERROR, Lane, StorageEngine, StorageFault
-from worker.errors import StatusCode
+from worker.errors import Rpc, StatusCode
 from worker.model import TaskId
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
-from worker.transport.convert import task_id_to_proto
+from worker.transport.convert import task_id_from_proto, task_id_to_proto
 
 __all__ = [
     "Delay",
@@ -136,18 +136,11 @@ def _abort(context: grpc.ServicerContext, code: StatusCode, message: str) -> Non
     context.abort(grpc.StatusCode[code.name], message)
 
 
-def task_id_or_none(request: Any) -> TaskId | None:
+def task_id_or_none(request: Any, rpc: Rpc) -> TaskId | None:
     """The request's ``task_id`` as a model value, None when missing or kind-less."""
-    if not request.HasField("task_id"):
+    if not request.HasField("task_id") or request.task_id.WhichOneof("kind") is None:
         return None
-    kind = request.task_id.WhichOneof("kind")
-    if kind == "index":
-        return TaskId.of_index(request.task_id.index)
-    if kind == "commit":
-        return TaskId.commit()
-    if kind == "cleanup":
-        return TaskId.cleanup()
-    return None
+    return task_id_from_proto(request.task_id, rpc)
 
 
 class _Hooked:
@@ -209,13 +202,17 @@ def _clear(message: Any, field: str) -> None:
         message.ClearField(field)
 
 
-class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServicer):
-    # protocol.md §8.3: every INTERNAL answer of this service reads the same.
-    internal_message = STORAGE_INTERNAL_ERROR
+class _StorageService(_Hooked):
+    """A storage servicer: the hooked call wrapper over the storage engine."""
 
     def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
         super().__init__(hooks)
         self.engine = engine
+
+
+class _TaskInstances(_StorageService, storage_pb2_grpc.TaskInstanceManagementServiceServicer):
+    # protocol.md §8.3: every INTERNAL answer of this service reads the same.
+    internal_message = STORAGE_INTERNAL_ERROR
 
     def RegisterTaskInstance(
         self, request: storage_pb2.RegisterTaskInstanceRequest, context: grpc.ServicerContext
@@ -223,7 +220,7 @@ class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServ
         def handle() -> storage_pb2.RegisterTaskInstanceResponse:
             info = self.engine.register_task_instance(
                 request.job_id,
-                task_id_or_none(request),
+                task_id_or_none(request, Rpc.REGISTER_TASK_INSTANCE),
                 request.execution_manager_id,
                 request.session_id,
             )
@@ -248,7 +245,7 @@ class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServ
         def handle() -> common_pb2.Void:
             self.engine.report_success(
                 request.job_id,
-                task_id_or_none(request),
+                task_id_or_none(request, Rpc.REPORT_TASK_SUCCESS),
                 request.task_instance_id,
                 request.session_id,
                 request.serialized_outputs,
@@ -263,7 +260,7 @@ class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServ
         def handle() -> common_pb2.Void:
             self.engine.report_failure(
                 request.job_id,
-                task_id_or_none(request),
+                task_id_or_none(request, Rpc.REPORT_TASK_FAILURE),
                 request.task_instance_id,
                 request.session_id,
                 request.error_message,
@@ -273,11 +270,7 @@ class _TaskInstances(_Hooked, storage_pb2_grpc.TaskInstanceManagementServiceServ
         return self._serve("ReportTaskFailure", context, handle, request=request)
 
 
-class _Liveness(_Hooked, storage_pb2_grpc.ExecutionManagerLivenessServiceServicer):
-    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
-        super().__init__(hooks)
-        self.engine = engine
-
+class _Liveness(_StorageService, storage_pb2_grpc.ExecutionManagerLivenessServiceServicer):
     def RegisterExecutionManager(
         self, request: storage_pb2.RegisterExecutionManagerRequest, context: grpc.ServicerContext
     ) -> storage_pb2.RegisterExecutionManagerResponse:
@@ -306,11 +299,7 @@ def _state_response(engine: StorageEngine, job_id: int) -> storage_pb2.JobStateR
     return storage_pb2.JobStateResponse(state=state)
 
 
-class _Jobs(_Hooked, storage_pb2_grpc.JobOrchestrationServiceServicer):
-    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
-        super().__init__(hooks)
-        self.engine = engine
-
+class _Jobs(_StorageService, storage_pb2_grpc.JobOrchestrationServiceServicer):
     def RegisterJob(
         self, request: storage_pb2.RegisterJobRequest, context: grpc.ServicerContext
     ) -> storage_pb2.RegisterJobResponse:
@@ -368,11 +357,7 @@ class _Jobs(_Hooked, storage_pb2_grpc.JobOrchestrationServiceServicer):
         return self._serve("GetJobError", context, handle, request=request)
 
 
-class _Inbound(_Hooked, storage_pb2_grpc.InboundQueueServiceServicer):
-    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
-        super().__init__(hooks)
-        self.engine = engine
-
+class _Inbound(_StorageService, storage_pb2_grpc.InboundQueueServiceServicer):
     def _poll(
         self, rpc: str, lane: Lane, request: Any, context: grpc.ServicerContext
     ) -> storage_pb2.PollReadyTasksResponse:
@@ -412,11 +397,7 @@ class _Inbound(_Hooked, storage_pb2_grpc.InboundQueueServiceServicer):
         return self._poll("PollReadyCleanupTasks", Lane.CLEANUP, request, context)
 
 
-class _Groups(_Hooked, storage_pb2_grpc.ResourceGroupManagementServiceServicer):
-    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
-        super().__init__(hooks)
-        self.engine = engine
-
+class _Groups(_StorageService, storage_pb2_grpc.ResourceGroupManagementServiceServicer):
     def AddResourceGroup(
         self, request: storage_pb2.AddResourceGroupRequest, context: grpc.ServicerContext
     ) -> storage_pb2.ResourceGroupIdResponse:
@@ -436,11 +417,9 @@ class _Groups(_Hooked, storage_pb2_grpc.ResourceGroupManagementServiceServicer):
         return self._serve("VerifyResourceGroup", context, handle, request=request)
 
 
-class _SchedulerRegistration(_Hooked, storage_pb2_grpc.SchedulerRegistrationServiceServicer):
-    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
-        super().__init__(hooks)
-        self.engine = engine
-
+class _SchedulerRegistration(
+    _StorageService, storage_pb2_grpc.SchedulerRegistrationServiceServicer
+):
     def RegisterScheduler(
         self, request: storage_pb2.RegisterSchedulerRequest, context: grpc.ServicerContext
     ) -> storage_pb2.RegisterSchedulerResponse:
@@ -462,11 +441,7 @@ class _SchedulerRegistration(_Hooked, storage_pb2_grpc.SchedulerRegistrationServ
         raise AssertionError("unreachable")
 
 
-class _Sessions(_Hooked, storage_pb2_grpc.SessionManagementServiceServicer):
-    def __init__(self, engine: StorageEngine, hooks: FaultHooks) -> None:
-        super().__init__(hooks)
-        self.engine = engine
-
+class _Sessions(_StorageService, storage_pb2_grpc.SessionManagementServiceServicer):
     def GetSession(
         self, request: common_pb2.Void, context: grpc.ServicerContext
     ) -> storage_pb2.GetSessionResponse:

@@ -9,12 +9,14 @@ carrying the status code the gRPC layer answers with. The engine never stops on 
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Final
 
 import attrs
 
@@ -25,7 +27,7 @@ from worker.cluster.codec import (
     encode_frame,
     encode_task_outputs,
 )
-from worker.cluster.db import Database, TaskRow
+from worker.cluster.db import Database, JobRow, TaskRow
 from worker.cluster.jobs import (
     AuxTask,
     Job,
@@ -200,10 +202,11 @@ def _task_key(task_id: TaskId) -> str:
     return f"index:{task_id.index}" if task_id.kind is TaskKind.INDEX else task_id.kind.value
 
 
-def _lane_of(task_id: TaskId) -> Lane:
-    return {TaskKind.INDEX: Lane.REGULAR, TaskKind.COMMIT: Lane.COMMIT}.get(
-        task_id.kind, Lane.CLEANUP
-    )
+_LANE_OF_KIND: Final = {
+    TaskKind.INDEX: Lane.REGULAR,
+    TaskKind.COMMIT: Lane.COMMIT,
+    TaskKind.CLEANUP: Lane.CLEANUP,
+}
 
 
 def _aux_task(task_id: TaskId, spec: AuxTask | None) -> _Task | None:
@@ -265,6 +268,15 @@ class StorageEngine:
         with self._cond:
             self._start_session()
             return self.session_id
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Test hook: hold storage's lock, so reads and hooks inside act as one step.
+
+        The lock is re-entrant: every other method may be called inside.
+        """
+        with self._cond:
+            yield
 
     def _recover(self) -> None:
         rows = self.db.jobs_in_states(
@@ -337,7 +349,7 @@ class StorageEngine:
         self._enqueue(job, task)
 
     def _enqueue(self, job: _Job, task: _Task) -> None:
-        self._lanes[_lane_of(task.task_id)].append(
+        self._lanes[_LANE_OF_KIND[task.task_id.kind]].append(
             ReadyTask(job.resource_group_id, job.id, task.task_id)
         )
         self._cond.notify_all()
@@ -775,29 +787,25 @@ class StorageEngine:
             else:
                 self._finish(job, JobState.CANCELLED)
 
-    def job_state(self, job_id: int) -> JobState:
-        """The job's state (from the database, so evicted jobs still answer)."""
+    def _job_row(self, job_id: int) -> JobRow:
+        """The job's durable row (so evicted jobs still answer); ``NOT_FOUND`` if none."""
         with self._cond:
             row = self.db.job(job_id)
-            if row is None:
-                raise StorageFault(StatusCode.NOT_FOUND, "job not found")
-            return JobState(row.state)
+        if row is None:
+            raise StorageFault(StatusCode.NOT_FOUND, "job not found")
+        return row
+
+    def job_state(self, job_id: int) -> JobState:
+        """The job's state (from the database, so evicted jobs still answer)."""
+        return JobState(self._job_row(job_id).state)
 
     def job_outputs(self, job_id: int) -> bytes:
         """The job outputs as SerializedTaskOutputs (empty until the graph finished)."""
-        with self._cond:
-            row = self.db.job(job_id)
-            if row is None:
-                raise StorageFault(StatusCode.NOT_FOUND, "job not found")
-            return row.outputs or b""
+        return self._job_row(job_id).outputs or b""
 
     def job_error(self, job_id: int) -> str:
         """The job's error message (empty unless it failed)."""
-        with self._cond:
-            row = self.db.job(job_id)
-            if row is None:
-                raise StorageFault(StatusCode.NOT_FOUND, "job not found")
-            return row.error
+        return self._job_row(job_id).error
 
     # --- read access for tests, progress bars and benchmarks ---
 
@@ -815,8 +823,3 @@ class StorageEngine:
         """``{instance id: (em_id, job_id, task_id)}`` of every live instance."""
         with self._cond:
             return {i.id: (i.em_id, i.job_id, i.task_id) for i in self._instances.values()}
-
-    def lane_sizes(self) -> dict[Lane, int]:
-        """How many entries wait in each lane."""
-        with self._cond:
-            return {lane: len(queue) for lane, queue in self._lanes.items()}

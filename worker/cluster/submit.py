@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-import msgpack
 
-from worker.cluster.codec import FrameError, decode_task_outputs
+from worker.cluster.codec import FrameError, decode_output_values
 from worker.cluster.jobs import JobError, encode_job, load_job_file
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JobState
@@ -102,8 +101,8 @@ def _follow(jobs: storage_pb2_grpc.JobOrchestrationServiceStub, job_id: int, lim
     if state is JobState.SUCCEEDED:
         raw = jobs.GetJobOutputs(request, timeout=10).serialized_outputs
         try:
-            values = [msgpack.unpackb(p, strict_map_key=False) for p in decode_task_outputs(raw)]
-        except (FrameError, ValueError):
+            values = decode_output_values(raw)
+        except FrameError:
             values = ["<undecodable>"]
         print("outputs: " + ", ".join(repr(v) for v in values))
         return 0

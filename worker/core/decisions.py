@@ -50,7 +50,6 @@ __all__ = [
     "StopCause",
     "cap_error_message",
     "classify_heartbeat_error",
-    "classify_heartbeat_session",
     "classify_register_error",
     "classify_report_error",
     "exit_code_for",
@@ -128,19 +127,14 @@ def possible_orphan(verdict: RegisterVerdict, failed_attempts: int) -> bool:
 
 
 class HeartbeatVerdict(enum.Enum):
-    """What one storage heartbeat answer means (protocol.md section 5.3)."""
+    """What one failed storage heartbeat means (protocol.md section 5.3).
 
-    SAME = "same"
-    ADVANCED = "advanced"
+    An OK reply is judged by :meth:`~worker.core.session.SessionTracker.observe`: a lower
+    session there is an eviction too.
+    """
+
     EVICTED = "evicted"
     TRANSIENT = "transient"  # warn, next tick
-
-
-def classify_heartbeat_session(session: SessionId, tracker: SessionId) -> HeartbeatVerdict:
-    """An OK heartbeat reply: equal, higher (advance) or lower (eviction)."""
-    if session == tracker:
-        return HeartbeatVerdict.SAME
-    return HeartbeatVerdict.ADVANCED if session > tracker else HeartbeatVerdict.EVICTED
 
 
 def classify_heartbeat_error(error: RpcError | ProtocolError) -> HeartbeatVerdict:

@@ -18,7 +18,7 @@ from typing import Final
 import attrs
 from transitions import Machine, MachineError
 
-from worker.core.story import AssignmentKey, StoryLog
+from worker.core.story import AssignmentKey, StoryLog, key_text
 from worker.model import SchedulerAssignment, SessionId
 
 __all__ = [
@@ -179,7 +179,7 @@ class WorkerMachine:
                         "from": source.value,
                         "to": dest.value,
                         "trigger": trigger.value,
-                        "assignment": None if key is None else f"{key[0]}/{key[1]}",
+                        "assignment": None if key is None else key_text(key),
                         "session": session,
                     }
                 },

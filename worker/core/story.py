@@ -14,10 +14,15 @@ import attrs
 
 from worker.model import AssignmentId, SchedulerId
 
-__all__ = ["AssignmentKey", "StoryEntry", "StoryLog"]
+__all__ = ["AssignmentKey", "StoryEntry", "StoryLog", "key_text"]
 
 #: ``(scheduler_id, assignment id)``: what identifies an assignment across schedulers.
 AssignmentKey = tuple[SchedulerId, AssignmentId]
+
+
+def key_text(key: AssignmentKey) -> str:
+    """``key`` as log text: ``scheduler_id/assignment_id``."""
+    return f"{key[0]}/{key[1]}"
 
 
 @attrs.frozen(slots=True)

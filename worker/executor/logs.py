@@ -190,15 +190,16 @@ class LineTagger:
     """
 
     def __init__(self, nonce: str, lookup: dict[int, TaskTag]) -> None:
-        self._prefix = b"\x1e" + nonce.encode("ascii") + b" "
+        #: What every marker of this executor starts with (also the splitter's marker prefix).
+        self.marker_prefix = b"\x1e" + nonce.encode("ascii") + b" "
         self._lookup = lookup
         self.current: TaskTag | None = None
 
     def process(self, line: bytes) -> tuple[str | None, TaskTag | None]:
         """Return ``(text to forward or None, its tag)`` for one split line."""
-        position = line.rfind(self._prefix)
+        position = line.rfind(self.marker_prefix)
         if position >= 0:
-            marker = line[position + len(self._prefix) :].split(b" ")
+            marker = line[position + len(self.marker_prefix) :].split(b" ")
             if len(marker) == 2 and marker[0] in (b"B", b"E") and marker[1].isdigit():
                 text_tag = self.current
                 if marker[0] == b"B":

@@ -143,10 +143,6 @@ def executor_command(
     return [sys.executable, "-P", "-c", _BOOTSTRAP, _WORKER_ROOT, *args]
 
 
-def _task_id_text(request: ExecutionRequest) -> str:
-    return str(request.task_id)
-
-
 def _exit_status(returncode: int | None) -> tuple[int | None, int | None]:
     if returncode is None:
         return None, None
@@ -217,6 +213,7 @@ class _Process:
         send_stream: trio.lowlevel.FdStream,
         receive_stream: trio.lowlevel.FdStream,
         nonce: str,
+        max_frame_bytes: int,
     ) -> None:
         self.executor_id = executor_id
         self.process = process
@@ -224,16 +221,13 @@ class _Process:
         self.send_stream = send_stream
         self.receive_stream = receive_stream
         self.nonce = nonce
-        self.reader = FrameReader(0)
+        self.reader = FrameReader(max_frame_bytes)
         self.bodies: deque[bytes] = deque()
         self.tags: dict[int, TaskTag] = {}
         self.next_request_id = 0
         self.logs_done = trio.Event()
         #: The scope of the request in flight; the exit watcher cancels it.
         self.in_flight: trio.CancelScope | None = None
-
-    def set_max_frame(self, max_frame_bytes: int) -> None:
-        self.reader = FrameReader(max_frame_bytes)
 
     async def receive_message(self) -> dict[str, Any] | None:
         """The next message from the executor; ``None`` at EOF. Raises ``ChannelError``."""
@@ -255,8 +249,7 @@ class _Process:
 class _Slot:
     """One executor position: its current process (if started) and its failed-start count."""
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self) -> None:
         self.process: _Process | None = None
         self.failures = 0
         self.busy = False
@@ -280,7 +273,7 @@ class ExecutorPool:
         self._bin_path_for = bin_path_for
         self._random = rng or random.Random()
         self._env, self._missing_env = build_environment(settings)
-        self._slots = [_Slot(i) for i in range(settings.slots)]
+        self._slots = [_Slot() for _ in range(settings.slots)]
         self._idle_send, self._idle_receive = trio.open_memory_channel[_Slot](settings.slots)
         self._log_send, self._log_receive = trio.open_memory_channel[ExecutorLogLine](
             settings.log_queue_lines
@@ -288,7 +281,6 @@ class ExecutorPool:
         self._writer_done = trio.Event()
         self._next_executor_id = 0
         self._closing = False
-        self._closed = False
         self._broken: str | None = None
         self._all_pgids: list[int] = []
         self._background: list[trio.CancelScope] = []
@@ -330,10 +322,9 @@ class ExecutorPool:
 
     async def aclose(self) -> None:
         """Shut every executor down, kill every group, drain the log (idempotent)."""
-        if self._closed:
+        if self._closing:
             return
         self._closing = True
-        self._closed = True
         with trio.CancelScope(shield=True):
             await self._close()
 
@@ -398,8 +389,8 @@ class ExecutorPool:
             trio.lowlevel.FdStream(request_write),
             trio.lowlevel.FdStream(response_read),
             nonce,
+            self.settings.max_frame_bytes,
         )
-        proc.set_max_frame(self.settings.max_frame_bytes)
         self._start_background(self._read_logs, proc)
         self._start_background(self._watch_exit, proc)
         fields = {"executor_id": executor_id, "pid": process.pid}
@@ -509,7 +500,7 @@ class ExecutorPool:
             )
         except ChannelError as exc:
             return InTaskFailure("FrameTooLarge", f"request {exc}; it was not sent")
-        tag = TaskTag(request.job_id, _task_id_text(request), request.task_instance_id)
+        tag = TaskTag(request.job_id, str(request.task_id), request.task_instance_id)
         proc.tags[request_id] = tag
         if len(proc.tags) > _MAX_PENDING_TAGS:
             # an executor that writes no markers never claims its tags: drop the oldest
@@ -634,10 +625,10 @@ class ExecutorPool:
     async def _read_logs(self, proc: _Process) -> None:
         stream = proc.process.stdout
         assert stream is not None
-        splitter = LineSplitter(
-            self.settings.max_log_line_bytes, marker_prefix=b"\x1e" + proc.nonce.encode() + b" "
-        )
         tagger = LineTagger(proc.nonce, proc.tags)
+        splitter = LineSplitter(
+            self.settings.max_log_line_bytes, marker_prefix=tagger.marker_prefix
+        )
         send = self._log_send.clone()
         try:
             async with send:

@@ -7,13 +7,9 @@ from collections.abc import Callable
 
 import trio
 
-from worker.core.decisions import (
-    HeartbeatVerdict,
-    classify_heartbeat_error,
-    classify_heartbeat_session,
-)
+from worker.core.decisions import HeartbeatVerdict, classify_heartbeat_error
 from worker.core.ports import LivenessClient
-from worker.core.session import SessionTracker
+from worker.core.session import SessionObservation, SessionTracker
 from worker.errors import ProtocolError, RpcError
 from worker.model import ExecutionManagerId
 from worker.runtime.warnings import RateLimitedWarner
@@ -76,17 +72,15 @@ class LivenessLoop:
                     {"em_id": self._em_id, "error": str(error)},
                 )
             else:
-                verdict = classify_heartbeat_session(session, self._tracker.current)
-                if verdict is HeartbeatVerdict.EVICTED:
-                    self._on_evicted(
-                        f"storage session went backwards ({session} < {self._tracker.current})"
-                    )
+                previous = self._tracker.current
+                observation = self._tracker.observe(session)
+                if observation is SessionObservation.REGRESSED:
+                    self._on_evicted(f"storage session went backwards ({session} < {previous})")
                     return
-                if verdict is HeartbeatVerdict.ADVANCED:
+                if observation is SessionObservation.ADVANCED:
                     logger.info(
                         "storage session advanced",
-                        extra={"fields": {"from": self._tracker.current, "to": session}},
+                        extra={"fields": {"from": previous, "to": session}},
                     )
-                self._tracker.observe(session)
             with trio.move_on_at(started + self._interval):
                 await self._refresh.wait()

@@ -17,7 +17,7 @@ from worker.core.backoff import Backoff, BackoffPolicy
 from worker.core.decisions import ReportVerdict, classify_report_error, is_reportable
 from worker.core.ports import StorageClient
 from worker.core.session import SessionTracker
-from worker.core.story import AssignmentKey
+from worker.core.story import AssignmentKey, key_text
 from worker.errors import ProtocolError, RpcError
 from worker.model import FailureReport, SuccessReport
 
@@ -30,7 +30,7 @@ StoryNote = Callable[[AssignmentKey, str, str], None]
 
 def _fields(key: AssignmentKey, report: SuccessReport | FailureReport) -> dict[str, object]:
     return {
-        "assignment": f"{key[0]}/{key[1]}",
+        "assignment": key_text(key),
         "job_id": report.job_id,
         "task_id": str(report.task_id),
         "task_instance_id": report.task_instance_id,

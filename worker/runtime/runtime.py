@@ -51,7 +51,7 @@ from worker.core.ports import (
     StorageClient,
 )
 from worker.core.session import SessionTracker
-from worker.core.story import AssignmentKey, StoryEntry, StoryLog
+from worker.core.story import AssignmentKey, StoryEntry, StoryLog, key_text
 from worker.errors import (
     ExecutorPoolError,
     PoolInitError,
@@ -89,10 +89,6 @@ _TRIGGER_FOR_CAUSE = {
 }
 
 
-def _key_text(key: AssignmentKey) -> str:
-    return f"{key[0]}/{key[1]}"
-
-
 class WorkerRuntime:
     """Runs one worker: boot, serve until stopped, drain, say goodbye, return the exit code."""
 
@@ -112,6 +108,7 @@ class WorkerRuntime:
         self._liveness = liveness
         self._open_executor = open_executor
         self._rng = random if random is not None else random_module.Random()
+        self._backoff_policy = settings.backoff
         self._story = StoryLog()
         self._machine = WorkerMachine(story=self._story, clock=self._now)
         self._ledger = AckLedger()
@@ -226,7 +223,7 @@ class WorkerRuntime:
         self._em_id = em_id
         tracker = SessionTracker(registration.session_id)
         self._tracker = tracker
-        reporter = Reporter(self._storage, tracker, self._settings.backoff, self._rng, self._note)
+        reporter = Reporter(self._storage, tracker, self._backoff_policy, self._rng, self._note)
         liveness_loop = LivenessLoop(
             self._liveness,
             em_id,
@@ -278,7 +275,7 @@ class WorkerRuntime:
 
     async def _main_loop(self, executor: Executor, reporter: Reporter) -> None:
         assert self._em_id is not None
-        poll_backoff = Backoff(self._settings.backoff, self._rng)
+        poll_backoff = Backoff(self._backoff_policy, self._rng)
         backoff_due = False
         wait_ms = self._settings.scheduler_poll_wait_ms
         while not self._draining:
@@ -307,7 +304,7 @@ class WorkerRuntime:
                 if reply is not None:
                     logger.info(
                         "assignment arrived while draining: neither registered nor recorded",
-                        extra={"fields": {"assignment": _key_text(reply.key)}},
+                        extra={"fields": {"assignment": key_text(reply.key)}},
                     )
                 break
             if failure is not None:
@@ -339,7 +336,7 @@ class WorkerRuntime:
             self._ledger.record(assignment.record)
             logger.info(
                 "stale assignment dropped without a storage call",
-                extra={"fields": {"assignment": _key_text(key), "session": session}},
+                extra={"fields": {"assignment": key_text(key), "session": session}},
             )
             self._machine.fire(Trigger.STALE_ASSIGNMENT, assignment=assignment, session=session)
             return
@@ -361,7 +358,7 @@ class WorkerRuntime:
         assert self._liveness_loop is not None
         task = assignment.assignment
         key = assignment.key
-        backoff = Backoff(self._settings.backoff, self._rng)
+        backoff = Backoff(self._backoff_policy, self._rng)
         while True:
             verdict: RegisterVerdict | None = None
             context: ExecutionContext | None = None
@@ -389,7 +386,7 @@ class WorkerRuntime:
             if verdict.refresh:
                 self._liveness_loop.request_refresh()
             if verdict.fatal:
-                self._fail(f"registration of {_key_text(key)}: {verdict.reason} {error_text}")
+                self._fail(f"registration of {key_text(key)}: {verdict.reason} {error_text}")
                 return None
             if verdict.execute:
                 self._machine.fire(
@@ -401,11 +398,11 @@ class WorkerRuntime:
                     logger.error(
                         "FAILED_PRECONDITION after failed registration attempts: possible orphan"
                         " task instance",
-                        extra={"fields": {"assignment": _key_text(key), "job_id": task.job_id}},
+                        extra={"fields": {"assignment": key_text(key), "job_id": task.job_id}},
                     )
                 logger.info(
                     "assignment dropped after registration",
-                    extra={"fields": {"assignment": _key_text(key), "reason": verdict.reason}},
+                    extra={"fields": {"assignment": key_text(key), "reason": verdict.reason}},
                 )
                 self._machine.fire(
                     Trigger.REGISTRATION_DROPPED, assignment=assignment, session=task.session_id
@@ -413,7 +410,7 @@ class WorkerRuntime:
                 return None
             logger.warning(
                 "registration failed, retrying",
-                extra={"fields": {"assignment": _key_text(key), "error": error_text}},
+                extra={"fields": {"assignment": key_text(key), "error": error_text}},
             )
             delay = backoff.next_delay()
             with self._interruptible_scope():
@@ -453,37 +450,22 @@ class WorkerRuntime:
                 self._fail(f"executor pool failed: {error}")
             finally:
                 self._execution_scope = None
+        instance = {"assignment": key_text(key), "task_instance_id": context.task_instance_id}
         if outcome is None:
             if scope.cancelled_caught:
-                logger.warning(
-                    "task killed without a report",
-                    extra={
-                        "fields": {
-                            "assignment": _key_text(key),
-                            "task_instance_id": context.task_instance_id,
-                        }
-                    },
-                )
+                logger.warning("task killed without a report", extra={"fields": instance})
                 self._note(key, "killed", "no report")
             return
         self._note(key, "outcome", type(outcome).__name__)
         if self._forced or self._evicted:
             # The outcome was on its way back as a stop that kills at once came: that stop sends
             # no outcome for the running task (6.9 steps 2 and 4), whichever won the race.
-            logger.warning(
-                "outcome dropped: stopping at once",
-                extra={
-                    "fields": {
-                        "assignment": _key_text(key),
-                        "task_instance_id": context.task_instance_id,
-                    }
-                },
-            )
+            logger.warning("outcome dropped: stopping at once", extra={"fields": instance})
             self._note(key, "outcome dropped", "stopping at once")
         elif not is_reportable(session, self._tracker.current):
             logger.info(
                 "outcome dropped: session advanced",
-                extra={"fields": {"assignment": _key_text(key), "session": session}},
+                extra={"fields": {"assignment": key_text(key), "session": session}},
             )
             self._note(key, "outcome dropped", "session advanced (gate 2)")
         else:
@@ -499,7 +481,7 @@ class WorkerRuntime:
 
     async def _send_shutdown(self, em_id: ExecutionManagerId, budget_sec: float) -> None:
         records = self._ledger.shutdown_batch()
-        backoff = Backoff(self._settings.backoff, self._rng)
+        backoff = Backoff(self._backoff_policy, self._rng)
         fields: dict[str, object] = {"em_id": em_id, "records": [str(r) for r in records]}
         with trio.move_on_after(budget_sec):
             while True:

@@ -37,9 +37,13 @@ class FakeLiveness:
         self.register_response: RegisterReply | Hang | None = None
         self.register_calls: list[str] = []
         self.heartbeat_script: Script[HeartbeatItem] = Script()
-        self.heartbeat_count = 0
         self.heartbeat_times: list[float] = []
         self._heartbeats_changed = trio.Event()
+
+    @property
+    def heartbeat_count(self) -> int:
+        """How many storage heartbeats started."""
+        return len(self.heartbeat_times)
 
     def set_default_session(self, session: int) -> None:
         """The session answered when the heartbeat script is empty."""
@@ -58,7 +62,7 @@ class FakeLiveness:
             if isinstance(reply, Hang):
                 if reply.seconds is None:
                     await trio.sleep_forever()
-                await trio.sleep(reply.seconds or 0)
+                await trio.sleep(reply.seconds)
                 reply = None
         except trio.Cancelled:
             self.journal.add("liveness", "register", Phase.END, (ip_address,), "cancelled")
@@ -75,7 +79,6 @@ class FakeLiveness:
 
     async def heartbeat(self, em_id: ExecutionManagerId) -> SessionId:
         """Count the call; answer from the script, else the default session."""
-        self.heartbeat_count += 1
         self.heartbeat_times.append(trio.current_time())
         self._heartbeats_changed.set()
         self._heartbeats_changed = trio.Event()

@@ -46,7 +46,6 @@ class FakePool:
         self.journal = journal
         self.script: Script[PoolItem] = Script()
         self.raise_on_open: ExecutorPoolError | None = None
-        self.requests: list[ExecutionRequest] = []
         self.executions: list[Execution] = []
         self.holds_cancelled = 0
         self.opened = False
@@ -54,6 +53,11 @@ class FakePool:
         self._releases = 0
         self._holds = 0
         self._released = trio.Event()
+
+    @property
+    def requests(self) -> list[ExecutionRequest]:
+        """The request of every ``execute`` call, in call order."""
+        return [execution.request for execution in self.executions]
 
     def push(self, *items: PoolItem | Always[PoolItem] | Hang) -> None:
         """Append outcomes, ``Hold``, ``Hang(t)`` or ``Raise(error)`` to the script."""
@@ -94,7 +98,6 @@ class FakePool:
         """Record the request; return the next scripted outcome (``Hold`` blocks)."""
         if self.closed:
             raise PoolClosed("execute after close")
-        self.requests.append(request)
         execution = Execution(request, trio.current_time())
         self.executions.append(execution)
         self.journal.add("pool", "execute", Phase.START, (request,))

@@ -60,8 +60,6 @@ class FakeScheduler:
         self.heartbeat_script: Script[OkOrError] = Script()
         self.shutdown_script: Script[OkOrError] = Script()
         self.calls: list[NextTaskCall] = []
-        self.next_task_count = 0
-        self.heartbeat_count = 0
         self.heartbeat_times: list[float] = []
         self.shutdown_calls: list[list[TaskAssignmentRecord]] = []
         self.outstanding: set[TaskAssignmentRecord] = set()
@@ -69,6 +67,16 @@ class FakeScheduler:
         self._handed_out_set: set[TaskAssignmentRecord] = set()
         self.duplicate_acks: list[TaskAssignmentRecord] = []
         self.unknown_acks: list[TaskAssignmentRecord] = []
+
+    @property
+    def next_task_count(self) -> int:
+        """How many ``next_task`` calls started."""
+        return len(self.calls)
+
+    @property
+    def heartbeat_count(self) -> int:
+        """How many scheduler heartbeats started."""
+        return len(self.heartbeat_times)
 
     def push(self, *items: SchedulerItem | Always[SchedulerItem] | Hang) -> None:
         """Append to the ``next_task`` script."""
@@ -89,7 +97,6 @@ class FakeScheduler:
         wait_time_ms: int,
     ) -> SchedulerAssignment | None:
         """Answer from the script; apply the carried acknowledgement per the outcome."""
-        self.next_task_count += 1
         call = NextTaskCall(
             len(self.calls) + 1, em_id, prev_assignment, wait_time_ms, trio.current_time()
         )
@@ -130,7 +137,6 @@ class FakeScheduler:
 
     async def heartbeat(self, em_id: ExecutionManagerId) -> None:
         """Count the call; answer from ``heartbeat_script`` (default OK)."""
-        self.heartbeat_count += 1
         self.heartbeat_times.append(trio.current_time())
         await _answer_void(
             self.journal, "heartbeat", (em_id,), self.heartbeat_script, Rpc.SCHEDULER_HEARTBEAT

@@ -53,7 +53,7 @@ def _milliseconds(seconds: float) -> int:
 
 
 class ChannelPool:
-    """``size`` insecure channels to ``host:port``; ``next()`` hands them out round-robin."""
+    """``size`` insecure channels to ``host:port``; ``StubPool`` uses them round-robin."""
 
     def __init__(self, host: str, port: int, size: int, options: ChannelOptions) -> None:
         if size < 1:
@@ -62,17 +62,12 @@ class ChannelPool:
         self._channels: tuple[Any, ...] = tuple(
             grpc.insecure_channel(self.target, options=options.as_grpc()) for _ in range(size)
         )
-        self._cycle: Iterator[Any] = itertools.cycle(self._channels)
         self._closed = False
 
     @property
     def channels(self) -> tuple[Any, ...]:
         """Every ``grpc.Channel`` of the pool."""
         return self._channels
-
-    def next(self) -> Any:
-        """The next channel in round-robin order."""
-        return next(self._cycle)
 
     async def wait_ready(self, within_sec: float) -> bool:
         """Wait until every channel connected; ``False`` when ``within_sec`` passed first.

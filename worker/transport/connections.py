@@ -47,7 +47,7 @@ class ClusterConnections:
         self.liveness = GrpcLivenessClient(self.storage_channels, rpc_timeout_sec)
 
     async def wait_ready(self, within_sec: float) -> None:
-        """Connect every channel of both servers; ``ConnectFailed`` names the first one missing."""
+        """Connect every channel of both servers; ``ConnectFailed`` names every one missing."""
         peers = {"storage": self.storage_channels, "scheduler": self.scheduler_channels}
         missing: list[str] = []
 

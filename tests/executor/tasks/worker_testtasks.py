@@ -73,11 +73,12 @@ def spin_ignoring_sigterm() -> None:
 
 
 def spin_with_child() -> int:
-    """Fork a sleeping grandchild (same process group), then busy-loop forever."""
+    """Fork a sleeping grandchild (same process group), say ``forked``, then busy-loop forever."""
     child = os.fork()
     if child == 0:
         time.sleep(60)
         os._exit(0)
+    print("forked", flush=True)
     while True:
         pass
 
@@ -188,6 +189,11 @@ def chatty(lines: int, width: int) -> int:
 def env() -> list[str]:
     """The names in this executor's environment."""
     return sorted(os.environ)
+
+
+def loaded_modules() -> list[str]:
+    """The names of the modules loaded in this executor."""
+    return sorted(sys.modules)
 
 
 def count_call() -> int:

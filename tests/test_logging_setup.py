@@ -1,0 +1,75 @@
+"""The worker's log formats: console key=value, JSON lines, and the terminal-based default."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+from worker.logging_setup import (
+    ConsoleFormatter,
+    JsonFormatter,
+    configure_logging,
+    resolve_format,
+)
+
+
+def _record(fields: dict[str, Any] | None = None) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "worker.machine", logging.INFO, __file__, 1, "moved %s", ("on",), None
+    )
+    if fields is not None:
+        record.fields = fields
+    return record
+
+
+def test_console_format_renders_fields_as_key_value() -> None:
+    line = ConsoleFormatter().format(
+        _record({"from": "Idle", "to": "Awaiting", "assignment": "3/0", "note": "two words"})
+    )
+    assert "INFO    worker.machine: moved on" in line
+    assert line.endswith('from=Idle to=Awaiting assignment=3/0 note="two words"')
+
+
+def test_json_format_merges_fields_into_one_object() -> None:
+    line = JsonFormatter().format(_record({"em_id": 11, "message": "clash", "records": ["a"]}))
+    assert "\n" not in line
+    decoded = json.loads(line)
+    assert decoded["message"] == "moved on"
+    assert decoded["field.message"] == "clash"
+    assert decoded["em_id"] == 11
+    assert decoded["records"] == ["a"]
+    assert (decoded["level"], decoded["logger"]) == ("info", "worker.machine")
+    assert decoded["ts"].endswith("Z")
+
+
+def test_format_follows_the_terminal_unless_asked() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert resolve_format(None, Terminal()) == "console"
+    assert resolve_format(None, io.StringIO()) == "json"
+    assert resolve_format("json", Terminal()) == "json"
+    assert resolve_format("console", io.StringIO()) == "console"
+
+
+def test_configure_logging_writes_records_at_or_above_the_level() -> None:
+    root = logging.getLogger()
+    transitions = logging.getLogger("transitions")
+    saved = (list(root.handlers), root.level, transitions.level)
+    stream = io.StringIO()
+    try:
+        assert configure_logging(None, "warning", stream) == "json"  # not a terminal
+        logging.getLogger("worker.test").info("below the level")
+        logging.getLogger("worker.test").warning("kept", extra={"fields": {"em_id": 3}})
+        assert transitions.level == logging.WARNING
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        transitions.setLevel(saved[2])
+    (line,) = stream.getvalue().splitlines()
+    decoded = json.loads(line)
+    assert (decoded["message"], decoded["level"], decoded["em_id"]) == ("kept", "warning", 3)

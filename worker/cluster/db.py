@@ -241,6 +241,14 @@ class Database:
         ).fetchone()
         return JobRow(*row) if row else None
 
+    def recent_jobs(self, limit: int | None = None) -> list[JobRow]:
+        """Every job, newest first (at most ``limit``)."""
+        rows = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return [JobRow(*row) for row in rows]
+
     def jobs_in_states(self, states: list[int]) -> list[JobRow]:
         """Every job whose state is one of ``states``, by id."""
         marks = ",".join("?" * len(states))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import attrs
 import grpc
 
+from worker.cluster.admin import add_admin_service
 from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine
 from worker.cluster.storage import STORAGE_INTERNAL_ERROR, Lane, StorageEngine, StorageFault
 from worker.errors import Rpc, StatusCode
@@ -562,6 +563,7 @@ class StorageServer:
         storage_pb2_grpc.add_SessionManagementServiceServicer_to_server(
             _Sessions(engine, self.hooks), self._server
         )
+        add_admin_service(self._server, engine)  # ours: the status commands' service
         self.host = host
         self.port = _bind(self._server, host, port)
         self._gc_stop = threading.Event()

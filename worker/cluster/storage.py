@@ -27,7 +27,7 @@ from worker.cluster.codec import (
     encode_frame,
     encode_task_outputs,
 )
-from worker.cluster.db import Database, JobRow, TaskRow
+from worker.cluster.db import Database, EmRow, JobRow, TaskRow
 from worker.cluster.jobs import (
     AuxTask,
     Job,
@@ -823,3 +823,17 @@ class StorageEngine:
         """``{instance id: (em_id, job_id, task_id)}`` of every live instance."""
         with self._cond:
             return {i.id: (i.em_id, i.job_id, i.task_id) for i in self._instances.values()}
+
+    def job_record(self, job_id: int) -> JobRow:
+        """The job's durable row; ``NOT_FOUND`` if there is none."""
+        return self._job_row(job_id)
+
+    def recent_jobs(self, limit: int | None = None) -> list[JobRow]:
+        """Every job's durable row, newest first (at most ``limit``)."""
+        with self._cond:
+            return self.db.recent_jobs(limit)
+
+    def execution_managers(self) -> list[EmRow]:
+        """Every registered worker's durable row (alive or dead)."""
+        with self._cond:
+            return self.db.ems()

@@ -48,7 +48,9 @@ def _job_file(path: Path, tasks: list[dict[str, object]]) -> Path:
     return path
 
 
-def _serve(tmp_path: Path, *ports: str) -> tuple[subprocess.Popen[str], int, int, int]:
+def _serve(
+    tmp_path: Path, *ports: str, options: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], int, int, int]:
     """Start ``python -m worker cluster``; returns it, its storage and scheduler ports, session."""
     storage_port, scheduler_port = ports if ports else ("0", "0")
     server = subprocess.Popen(
@@ -56,6 +58,7 @@ def _serve(tmp_path: Path, *ports: str) -> tuple[subprocess.Popen[str], int, int
             *(sys.executable, "-m", "worker", "cluster"),
             *("--storage-port", storage_port, "--scheduler-port", scheduler_port),
             *("--db", str(tmp_path / "c.db"), "--log-level", "warning"),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

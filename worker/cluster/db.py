@@ -323,6 +323,16 @@ class Database:
 
         return sorted(result, key=order)
 
+    def job_counts_by_state(self) -> dict[int, int]:
+        """``{job state: count}`` over every job."""
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {int(state): int(count) for state, count in rows.fetchall()}
+
+    def task_counts_by_state(self) -> dict[str, int]:
+        """``{task state: count}`` over every job's tasks."""
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        return {str(state): int(count) for state, count in rows.fetchall()}
+
     def task_state_counts(self, job_id: int) -> dict[str, int]:
         """``{state: count}`` over a job's tasks."""
         rows = self._conn.execute(

@@ -833,6 +833,16 @@ class StorageEngine:
         with self._cond:
             return self.db.recent_jobs(limit)
 
+    def state_counts(self) -> tuple[dict[int, int], dict[str, int]]:
+        """``({job state: count}, {task state: count})`` over every job in the database."""
+        with self._cond:
+            return self.db.job_counts_by_state(), self.db.task_counts_by_state()
+
+    def ready_counts(self) -> dict[Lane, int]:
+        """``{lane: entries}`` of the inbound lanes the scheduler has not pulled yet."""
+        with self._cond:
+            return {lane: len(entries) for lane, entries in self._lanes.items()}
+
     def execution_managers(self) -> list[EmRow]:
         """Every registered worker's durable row (alive or dead)."""
         with self._cond:

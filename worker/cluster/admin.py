@@ -9,6 +9,7 @@ submission, decoded once per job and cached (a submission never changes).
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Callable
@@ -64,10 +65,13 @@ class ClusterAdmin(admin_pb2_grpc.ClusterAdminServiceServicer):
             return None
 
     def _summary(self, row: JobRow) -> admin_pb2.JobSummary:
-        counts = self.engine.task_state_counts(row.id)
+        # Progress is over the graph's regular tasks; commit and cleanup are listed by status.
+        counts = collections.Counter(
+            task.state for task in self.engine.task_rows(row.id) if task.task.startswith("index:")
+        )
         tasks = admin_pb2.TaskCounts(total=sum(counts.values()))
         for state in _TASK_STATES:
-            setattr(tasks, state, counts.get(state, 0))
+            setattr(tasks, state, counts[state])
         return admin_pb2.JobSummary(
             job_id=row.id,
             name=row.name,

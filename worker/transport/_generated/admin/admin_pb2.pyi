@@ -78,7 +78,7 @@ Global___ListWorkersRequest: _TypeAlias = ListWorkersRequest  # noqa: Y015
 
 @_typing.final
 class TaskCounts(_message.Message):
-    """Counts of a job's tasks by state (regular tasks, commit and cleanup included)."""
+    """Counts of a job's regular tasks by state (its commit and cleanup tasks are not counted)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -253,7 +253,8 @@ def test_status_watch_rides_out_a_storage_restart(tmp_path: Path) -> None:
         wait_for(lambda: any("reconnecting" in line for line in errors), TIMEOUT, "a reconnect")
         server, _, _, session = _serve(tmp_path, str(storage_port), str(scheduler_port))
         assert session == 2
-        rest, _ = watch.communicate(timeout=TIMEOUT)
+        rest = stdout.read()  # until the watch exits (the test's own timeout bounds it)
+        watch.wait(timeout=TIMEOUT)
         reader.join(timeout=10)
         assert watch.returncode == 0, rest + "".join(errors) + worker.log_text()
         assert json.loads(rest.splitlines()[-1])["job"]["state"] == "SUCCEEDED"

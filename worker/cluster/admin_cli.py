@@ -56,12 +56,15 @@ class _Failed(Exception):
 # --- command lines ---------------------------------------------------------------------------
 
 
-def _parser(command: str, description: str, example: str) -> argparse.ArgumentParser:
+def _parser(
+    command: str, description: str, example: str, exit_one: str | None = None
+) -> argparse.ArgumentParser:
+    one = f" 1 {exit_one};" if exit_one else ""
     parser = argparse.ArgumentParser(
         prog=f"python -m worker {command}",
         description=description,
-        epilog=f"example: {example}\nexit codes: 0 done; 1 see the description; 2 bad command"
-        " line; 3 storage unreachable",
+        epilog=f"example:\n  {example}\n\nexit codes: 0 done;{one} 2 bad command line;"
+        " 3 storage unreachable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="storage host (127.0.0.1)")
@@ -310,8 +313,9 @@ def status_main(argv: Sequence[str]) -> int:
     parser = _parser(
         "status",
         "Show a job's tasks: name, state, attempts and last error. With --watch, follow the job"
-        " until it ends (exit 0 if it succeeded, 1 otherwise), across storage restarts.",
+        " until it ends, across storage restarts.",
         "python -m worker status 7 --watch",
+        "unknown job, or (--watch) the job did not succeed or --timeout passed",
     )
     _job_argument(parser)
     parser.add_argument("--watch", action="store_true", help="follow the job until it ends")
@@ -399,8 +403,9 @@ def result_main(argv: Sequence[str]) -> int:
     """``python -m worker result JOB``: the job's outputs (exit 1 unless it succeeded)."""
     parser = _parser(
         "result",
-        "Print a job's outputs. Exit 1 when the job failed, was cancelled or has not finished.",
+        "Print a job's outputs, one per line (--json: a JSON document).",
         "python -m worker result 7 --json",
+        "unknown job, or it failed, was cancelled or has not finished",
     )
     _job_argument(parser)
     args = _parse(parser, argv)
@@ -431,9 +436,9 @@ def cancel_main(argv: Sequence[str]) -> int:
     """``python -m worker cancel JOB``: cancel the job (its cleanup task runs if it has one)."""
     parser = _parser(
         "cancel",
-        "Cancel a job: its unfinished tasks are cancelled and its cleanup task, if any, runs."
-        " Exit 1 when the job already ended or is being cleaned up.",
+        "Cancel a job: its unfinished tasks are cancelled and its cleanup task, if any, runs.",
         "python -m worker cancel 7",
+        "unknown job, or it already ended or is being cleaned up",
     )
     _job_argument(parser)
     args = _parse(parser, argv)

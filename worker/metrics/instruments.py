@@ -12,6 +12,7 @@ side calls them inline on the hot path.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -74,11 +75,7 @@ class WorkerMetrics:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.registry = CollectorRegistry(auto_describe=True)
-        self.health = (
-            Health(timeout_sec=watchdog_timeout_sec)
-            if clock is None
-            else Health(clock=clock, timeout_sec=watchdog_timeout_sec)
-        )
+        self.health = Health(clock=clock or time.monotonic, timeout_sec=watchdog_timeout_sec)
         self._slots = slots
         self._states = tuple(states)
         self._slot_states = [self._states[0]] * slots

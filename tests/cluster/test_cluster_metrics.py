@@ -12,7 +12,7 @@ import pytest
 
 from tests.cluster.harness import TASKS_DIR, wait_for
 from tests.cluster.test_commands import _job_file, _run, _serve, _stop, _worker_config
-from tests.metrics.http import get, scrape
+from tests.metrics.scraping import get, scrape
 from worker.cluster.db import Database
 from worker.cluster.jobs import JobBuilder
 from worker.cluster.metrics import serve_cluster_metrics

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from tests.metrics.http import get, scrape
+from tests.metrics.scraping import get, scrape
 from worker.metrics import (
     OUTCOMES,
     MetricsBindError,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.metrics.http import get, scrape
+from tests.metrics.scraping import get, scrape
 from tests.test_service import (
     FakeCluster,
     make_marking_executor,

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from worker.cluster.scheduler import SchedulerEngine
 from worker.cluster.storage import JobState, Lane, StorageEngine, TaskState
-from worker.metrics.http import TEXT, HttpEndpoint, Reply, Route
+from worker.metrics.endpoint import TEXT, HttpEndpoint, Reply, Route
 from worker.metrics.server import prometheus_route
 
 __all__ = [

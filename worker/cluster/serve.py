@@ -84,7 +84,7 @@ def main(argv: Sequence[str]) -> int:
     metrics = None
     if args.metrics_port is not None:  # bound first: a taken port starts nothing
         from worker.cluster.metrics import ClusterMetricsEndpoint
-        from worker.metrics.http import MetricsBindError
+        from worker.metrics.endpoint import MetricsBindError
 
         try:
             metrics = ClusterMetricsEndpoint(args.host, args.metrics_port)

@@ -3,14 +3,14 @@
 * :mod:`worker.metrics.instruments`: the Prometheus metrics and the typed API the runtime calls;
 * :mod:`worker.metrics.health`: the liveness watchdog and the readiness flag behind the probes;
 * :mod:`worker.metrics.server`: the worker's routes (metrics, probes, assignments);
-* :mod:`worker.metrics.http`: the plain HTTP endpoint on a thread of its own that serves them
+* :mod:`worker.metrics.endpoint`: the plain HTTP endpoint on a thread of its own that serves them
   (the reference cluster's metrics use it too).
 """
 
 from __future__ import annotations
 
+from worker.metrics.endpoint import MetricsBindError
 from worker.metrics.health import WATCHDOG_PERIOD_SEC, WATCHDOG_TIMEOUT_SEC, Health, run_watchdog
-from worker.metrics.http import MetricsBindError
 from worker.metrics.instruments import OUTCOMES, SLOT_STATES, WorkerMetrics
 from worker.metrics.server import MetricsServer, serve_metrics
 

@@ -2,7 +2,7 @@
 
 Paths: ``/metrics`` (Prometheus text, negotiated with ``prometheus_client``'s encoder),
 ``/healthz`` and ``/readyz`` (200 or 503, with a one-line reason), ``/assignments`` (JSON from
-the provider callable), anything else 404. Served by :class:`~worker.metrics.http.HttpEndpoint`
+the provider callable), anything else 404. Served by :class:`~worker.metrics.endpoint.HttpEndpoint`
 on a thread of its own, bound at construction.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from worker.metrics.http import TEXT, HttpEndpoint, MetricsBindError, Reply, Route
+from worker.metrics.endpoint import TEXT, HttpEndpoint, MetricsBindError, Reply, Route
 from worker.metrics.instruments import WorkerMetrics
 
 __all__ = [

@@ -19,11 +19,12 @@ import datetime
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from worker.cluster.codec import FrameError, decode_output_values
@@ -344,8 +345,29 @@ def status_main(argv: Sequence[str]) -> int:
 
 
 def _watch(admin: _Admin, request: admin_pb2.JobRequest, args: argparse.Namespace) -> int:
-    """Print the status at each change until the job ends; retry a lost storage with backoff."""
+    """Show the job at each change until it ends: JSON lines, a table redrawn in place on a
+    terminal, else a table per change. Exit 0 if it succeeded."""
+    final: admin_pb2.JobStatus | None = None
     console = Console()
+    if args.json or not console.is_terminal:
+        for final in _follow(admin, request, args):
+            if args.json:
+                _print_json(_status_dict(final))
+            else:
+                console.print(_status_table(final))
+    else:
+        with Live(console=console, auto_refresh=False) as live:
+            for final in _follow(admin, request, args):
+                live.update(_status_table(final), refresh=True)
+    assert final is not None  # _follow yields at least the terminal status
+    return EXIT_OK if final.job.state == "SUCCEEDED" else EXIT_JOB
+
+
+def _follow(
+    admin: _Admin, request: admin_pb2.JobRequest, args: argparse.Namespace
+) -> Iterator[admin_pb2.JobStatus]:
+    """Each new status of the job, up to its terminal one; a lost storage is retried with
+    backoff (said once on stderr, and again when it is back)."""
     deadline = time.monotonic() + args.timeout if args.timeout else None
     backoff = _Backoff()
     last: admin_pb2.JobStatus | None = None
@@ -373,13 +395,10 @@ def _watch(admin: _Admin, request: admin_pb2.JobRequest, args: argparse.Namespac
             print(f"status: storage at {admin.target} is back", file=sys.stderr, flush=True)
             backoff.reset()
         if status != last:
-            if args.json:
-                _print_json(_status_dict(status))
-            else:
-                console.print(_status_table(status))
+            yield status
             last = status
         if status.job.state in _TERMINAL:
-            return EXIT_OK if status.job.state == "SUCCEEDED" else EXIT_JOB
+            return
         time.sleep(args.interval)
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.metrics.scraping import get, scrape
 from worker.metrics import (
     OUTCOMES,
+    SLOT_STATES,
     MetricsBindError,
     MetricsServer,
     WorkerMetrics,
@@ -289,3 +293,38 @@ def test_ipv6_loopback() -> None:
         pytest.skip(f"IPv6 loopback unavailable: {error}")
     with server:
         assert get(server.port, "/healthz", host="[::1]")[0] == 200
+
+
+def test_openmetrics_is_served_when_the_scraper_asks_for_it(server: MetricsServer) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        content_type = response.headers["Content-Type"]
+        body = response.read().decode()
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith("# EOF\n")
+    assert "worker_assignments_received_total 0.0" in body
+
+
+@given(
+    moves=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2), st.sampled_from(SLOT_STATES)),
+        max_size=30,
+    )
+)
+def test_each_slot_is_in_exactly_the_state_it_was_last_moved_to(
+    moves: list[tuple[int, str]],
+) -> None:
+    metrics = WorkerMetrics(slots=3)
+    expected = dict.fromkeys(range(3), SLOT_STATES[0])
+    for slot, state in moves:
+        metrics.slot_state(slot, state)
+        expected[slot] = state
+    for slot in range(3):
+        for state in SLOT_STATES:
+            value = metrics.registry.get_sample_value(
+                "worker_slot_state", {"slot": str(slot), "state": state}
+            )
+            assert value == (1.0 if state == expected[slot] else 0.0)

@@ -1,7 +1,7 @@
 """The built-in Python executor: the entry point of every executor subprocess (executor.md §2, §4).
 
 The pool starts it as ``python -P -c BOOTSTRAP <worker_root> key=value ...`` (see
-``worker.executor.pool.executor_command``). It reads ``exec`` requests from a dedicated pipe,
+``worker.executor.processes.executor_command``). It reads ``exec`` requests from a dedicated pipe,
 runs one task at a time in this process, and answers each with one ``result`` frame on another
 pipe. fd 1 and fd 2 both go to the log pipe, so task output never touches the channel.
 
@@ -35,6 +35,7 @@ from worker.executor.channel import (
     read_frame_blocking,
     write_all_blocking,
 )
+from worker.executor.messages import ExecuteMessage, FailureResult, ReadyMessage, SuccessResult
 from worker.executor.wire import (
     FrameDecodeError,
     GraphOutputsDecodeError,
@@ -121,34 +122,29 @@ class _Executor:
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
 
-    def send(self, message: dict[str, Any]) -> None:
-        write_all_blocking(self.options.out_fd, encode_message(message))
+    def send(self, message: ReadyMessage | SuccessResult | FailureResult) -> None:
+        write_all_blocking(self.options.out_fd, encode_message(message.to_map()))
 
     def failure(
         self, request_id: int, error_type: str, message: str, tb: str, started: int
-    ) -> dict[str, Any]:
-        error_type = _cut(error_type, _MAX_TYPE_BYTES)
-        message = _cut(message, _MAX_MESSAGE_BYTES)
+    ) -> FailureResult:
         budget = self.options.max_frame_bytes - _FRAME_OVERHEAD - _MAX_TYPE_BYTES
-        tb = _cut(tb, max(budget - _MAX_MESSAGE_BYTES, 0))
-        return {
-            "t": "result",
-            "id": request_id,
-            "ok": False,
-            "type": error_type,
-            "msg": message,
-            "tb": tb,
-            "us": _elapsed_us(started),
-        }
+        return FailureResult(
+            request_id,
+            _cut(error_type, _MAX_TYPE_BYTES),
+            _cut(message, _MAX_MESSAGE_BYTES),
+            _cut(tb, max(budget - _MAX_MESSAGE_BYTES, 0)),
+            _elapsed_us(started),
+        )
 
-    def run_task(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Resolve, decode, call and encode one task; always returns a ``result`` message."""
-        request_id: int = request["id"]
+    def run_task(self, request: ExecuteMessage) -> SuccessResult | FailureResult:
+        """Resolve, decode, call and encode one task; always returns a result message."""
+        request_id = request.request_id
         started = time.perf_counter_ns()
-        package: str = request["pkg"]
-        func_name: str = request["func"]
-        kind: str = request["kind"]
-        io: bytes = request["io"]
+        package = request.package
+        func_name = request.task_func
+        kind = request.kind
+        io = request.task_io
         try:
             module = importlib.import_module(package)
         except BaseException as exc:
@@ -191,10 +187,10 @@ class _Executor:
             except FrameDecodeError as exc:
                 return self.failure(request_id, "InputDecodeError", str(exc), "", started)
         context = task_context.TaskContext(
-            job_id=request["job"],
-            task_id=task_context.TaskRef(kind, request["index"]),
-            task_instance_id=request["inst"],
-            resource_group_id=request["rg"],
+            job_id=request.job_id,
+            task_id=task_context.TaskRef(kind, request.task_index),
+            task_instance_id=request.task_instance_id,
+            resource_group_id=request.resource_group_id,
             package=package,
             task_func=func_name,
             serialized_graph_outputs=io if kind == "commit" else None,
@@ -237,13 +233,7 @@ class _Executor:
                 "",
                 started,
             )
-        return {
-            "t": "result",
-            "id": request_id,
-            "ok": True,
-            "out": outputs,
-            "us": _elapsed_us(started),
-        }
+        return SuccessResult(request_id, outputs, _elapsed_us(started))
 
     def serve(self) -> int:
         """Answer requests until ``shutdown`` or EOF (0) or a bad frame (non-zero)."""
@@ -270,7 +260,7 @@ class _Executor:
                 return EXIT_BAD_REQUEST
             os.write(2, marker(nonce, "B", request_id))
             try:
-                response = self.run_task(request)
+                response = self.run_task(ExecuteMessage.from_map(request))
             except (KeyError, TypeError) as exc:  # a request missing fields: a parent bug
                 os.write(2, f"executor: malformed request: {exc!r}\n".encode())
                 return EXIT_BAD_REQUEST
@@ -301,7 +291,7 @@ def main(argv: Sequence[str]) -> None:
     executor = _Executor(options)
     code = EXIT_BAD_REQUEST
     try:
-        executor.send({"t": "ready", "v": PROTOCOL_VERSION, "pid": os.getpid()})
+        executor.send(ReadyMessage(PROTOCOL_VERSION, os.getpid()))
         code = executor.serve()
     except OSError as exc:  # the parent went away (broken pipe): nothing left to serve
         os.write(2, f"executor: channel failed: {exc}\n".encode())

@@ -39,10 +39,12 @@ __all__ = [
     "LoadedConfig",
     "LogConfig",
     "ShutdownConfig",
+    "FRAME_HEADROOM_BYTES",
     "TaskExecutorConfig",
     "WorkerConfig",
     "load_config",
     "parse_config",
+    "task_executor_problem",
 ]
 
 #: Environment variables that override endpoint keys (applied over the file's values).
@@ -54,7 +56,8 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
 }
 
 _UINT64_MAX: Final = 2**64 - 1
-_FRAME_HEADROOM: Final = 64 * 1024  # executor.md 2.3: a frame must hold LIMIT plus its envelope
+#: executor.md 2.3: a parent/executor frame must hold LIMIT (grpc.max_send_bytes) plus its envelope.
+FRAME_HEADROOM_BYTES: Final = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -497,27 +500,19 @@ class WorkerConfig:
         )
 
     def to_pool_settings(self) -> PoolSettings:
-        """The executor pool's settings (one slot: the worker runs one task at a time)."""
+        """The executor pool's settings (one slot: the worker runs one task at a time).
+
+        Every ``task_executor`` key the pool knows is passed on under its own name.
+        """
         from worker.executor.settings import PoolSettings
 
-        executor = self.task_executor
-        return PoolSettings(
-            package_dir=executor.package_dir,
-            bin_path=executor.bin_path,
-            max_log_line_bytes=executor.max_log_line_bytes,
-            inherited_env=executor.inherited_env,
-            kill_grace_ms=executor.kill_grace_ms,
-            ready_timeout_sec=executor.ready_timeout_sec,
-            close_grace_ms=executor.close_grace_ms,
-            max_frame_bytes=executor.max_frame_bytes,
-            respawn_backoff_initial_ms=executor.respawn_backoff_initial_ms,
-            respawn_backoff_max_ms=executor.respawn_backoff_max_ms,
-            crash_loop_limit=executor.crash_loop_limit,
-            log_queue_lines=executor.log_queue_lines,
-            log_drain_timeout_sec=executor.log_drain_timeout_sec,
-            output_limit_bytes=self.grpc.max_send_bytes,
-            slots=1,
-        )
+        pool_keys = attrs.fields_dict(PoolSettings)
+        executor = {
+            field.name: getattr(self.task_executor, field.name)
+            for field in attrs.fields(TaskExecutorConfig)
+            if field.name in pool_keys
+        }
+        return PoolSettings(**executor, output_limit_bytes=self.grpc.max_send_bytes, slots=1)
 
 
 _CLASSES: Final = (
@@ -634,26 +629,49 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Loade
     return LoadedConfig(config, unknown, tuple(sorted(sources.values())))
 
 
-def _check_relations(config: WorkerConfig) -> None:
-    minimum_frame = config.grpc.max_send_bytes + _FRAME_HEADROOM
-    if config.task_executor.max_frame_bytes < minimum_frame:
-        raise ConfigError(
+def task_executor_problem(
+    *,
+    max_frame_bytes: int,
+    output_limit_bytes: int,
+    respawn_backoff_initial_ms: int,
+    respawn_backoff_max_ms: int,
+) -> tuple[str, str] | None:
+    """The first broken relation between executor settings, as ``(key, problem)``; else None.
+
+    ``output_limit_bytes`` is ``grpc.max_send_bytes``. Shared by the configuration and
+    ``worker.executor.settings.PoolSettings``.
+    """
+    minimum_frame = output_limit_bytes + FRAME_HEADROOM_BYTES
+    if max_frame_bytes < minimum_frame:
+        return (
             "task_executor.max_frame_bytes",
-            f"must be at least grpc.max_send_bytes + {_FRAME_HEADROOM} ({minimum_frame}),"
-            f" got {config.task_executor.max_frame_bytes}",
+            f"must be at least grpc.max_send_bytes + {FRAME_HEADROOM_BYTES} ({minimum_frame}),"
+            f" got {max_frame_bytes}",
         )
+    if respawn_backoff_max_ms < respawn_backoff_initial_ms:
+        return (
+            "task_executor.respawn_backoff_max_ms",
+            f"must be at least task_executor.respawn_backoff_initial_ms"
+            f" ({respawn_backoff_initial_ms}), got {respawn_backoff_max_ms}",
+        )
+    return None
+
+
+def _check_relations(config: WorkerConfig) -> None:
+    executor = config.task_executor
+    problem = task_executor_problem(
+        max_frame_bytes=executor.max_frame_bytes,
+        output_limit_bytes=config.grpc.max_send_bytes,
+        respawn_backoff_initial_ms=executor.respawn_backoff_initial_ms,
+        respawn_backoff_max_ms=executor.respawn_backoff_max_ms,
+    )
+    if problem is not None:
+        raise ConfigError(*problem)
     if config.backoff.max_sec < config.backoff.initial_sec:
         raise ConfigError(
             "backoff.max_sec",
             f"must be at least backoff.initial_sec ({config.backoff.initial_sec}),"
             f" got {config.backoff.max_sec}",
-        )
-    executor = config.task_executor
-    if executor.respawn_backoff_max_ms < executor.respawn_backoff_initial_ms:
-        raise ConfigError(
-            "task_executor.respawn_backoff_max_ms",
-            f"must be at least task_executor.respawn_backoff_initial_ms"
-            f" ({executor.respawn_backoff_initial_ms}), got {executor.respawn_backoff_max_ms}",
         )
 
 

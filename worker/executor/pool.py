@@ -47,6 +47,7 @@ from worker.executor.messages import (
 )
 from worker.executor.processes import (
     ExecutorProcess,
+    Lifeline,
     StartFailed,
     become_subreaper,
     build_environment,
@@ -117,6 +118,7 @@ class ExecutorPool:
         self._bin_path_for = bin_path_for
         self._random = rng or random.Random()
         self._env, self._missing_env = build_environment(settings)
+        self._lifeline = Lifeline()
         self._slots = [_Slot() for _ in range(settings.slots)]
         self._idle_send, self._idle_receive = trio.open_memory_channel[_Slot](settings.slots)
         self._logs = LogPump(
@@ -201,7 +203,7 @@ class ExecutorPool:
         self._next_executor_id += 1
         bin_path = self._bin_path_for(executor_id) if self._bin_path_for else None
         proc = await spawn_executor(
-            self.settings, self._env, executor_id, secrets.token_hex(8), bin_path
+            self.settings, self._env, executor_id, secrets.token_hex(8), bin_path, self._lifeline
         )
         process = proc.process
         self._all_pgids.append(process.pid)
@@ -457,6 +459,7 @@ class ExecutorPool:
             await self._kill_and_reap(proc)
         for slot in self._slots:
             slot.process = None
+        self._lifeline.close()  # every watcher still alive now kills its group
         await self._logs.drain(self.settings.log_drain_timeout_sec)
         for scope in self._background:
             scope.cancel()

@@ -29,6 +29,7 @@ __all__ = [
     "RECEIVE_CHUNK",
     "WORKER_SET_ENV",
     "ExecutorProcess",
+    "Lifeline",
     "StartFailed",
     "become_subreaper",
     "build_environment",
@@ -46,12 +47,19 @@ WORKER_SET_ENV = ("SPIDER_TDL_PACKAGE_DIR", "PYTHONCOERCECLOCALE")
 #: How much one read of a pipe asks for.
 RECEIVE_CHUNK = 256 * 1024
 
-#: Puts the worker's source root on sys.path (last, after the child's own imports), then runs
-#: the child. ``-P`` keeps the working directory off sys.path.
+#: Puts the worker's source root on sys.path (last, after the child's own imports), starts the
+#: group watcher (``worker.executor.guard``), then runs the child. ``-P`` keeps the working
+#: directory off sys.path.
 _BOOTSTRAP = (
     "import sys;r=sys.argv[1];sys.path.insert(0,r);"
+    "from worker.executor.guard import guard;a=guard(sys.argv[2:]);"
     "from worker.executor.child import main;"
-    "sys.path.remove(r);sys.path.append(r);main(sys.argv[2:])"
+    "sys.path.remove(r);sys.path.append(r);main(a)"
+)
+#: Starts the group watcher, then replaces itself with a ``bin_path`` executor (``exec=``).
+_LAUNCHER = (
+    "import sys;sys.path.insert(0,sys.argv[1]);"
+    "from worker.executor.guard import guard;guard(sys.argv[2:])"
 )
 _WORKER_ROOT = str(Path(worker.__file__).resolve().parent.parent)
 _PR_SET_CHILD_SUBREAPER = 36
@@ -83,11 +91,19 @@ def build_environment(settings: PoolSettings) -> tuple[dict[bytes, bytes], list[
 
 
 def executor_command(
-    settings: PoolSettings, *, in_fd: int, out_fd: int, nonce: str, bin_path: Path | None = None
+    settings: PoolSettings,
+    *,
+    in_fd: int,
+    out_fd: int,
+    nonce: str,
+    bin_path: Path | None = None,
+    lifeline_fd: int | None = None,
 ) -> list[str]:
     """The argv that starts one executor: the built-in one, or ``bin_path`` with the same args.
 
-    Settings travel as ``key=value`` arguments, never in the environment.
+    Settings travel as ``key=value`` arguments, never in the environment. With ``lifeline_fd``
+    the executor starts a group watcher first; a ``bin_path`` program is then started by a small
+    launcher that starts the watcher and replaces itself with the program (same PID).
     """
     args = [
         f"in_fd={in_fd}",
@@ -98,8 +114,13 @@ def executor_command(
         f"nonce={nonce}",
     ]
     program = bin_path if bin_path is not None else settings.bin_path
+    if lifeline_fd is None:
+        if program is not None:
+            return [str(program), *args]
+        return [sys.executable, "-P", "-c", _BOOTSTRAP, _WORKER_ROOT, *args]
+    args.append(f"lifeline_fd={lifeline_fd}")
     if program is not None:
-        return [str(program), *args]
+        return [sys.executable, "-P", "-c", _LAUNCHER, _WORKER_ROOT, f"exec={program}", *args]
     return [sys.executable, "-P", "-c", _BOOTSTRAP, _WORKER_ROOT, *args]
 
 
@@ -227,21 +248,49 @@ def _read_nowait(fd: int) -> bytes:
         return b""  # nothing more yet (a task's surviving grandchild may hold the pipe open)
 
 
+class Lifeline:
+    """The pipe whose end-of-file tells every group watcher that the worker is gone (§6.8).
+
+    The worker keeps the write end (close-on-exec, never written to) for as long as the pool is
+    open; executors inherit only the read end. ``close`` makes every watcher kill its group.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+
+    def close(self) -> None:
+        """Close both ends (idempotent)."""
+        for fd in (self.read_fd, self._write_fd):
+            with suppress(OSError):
+                os.close(fd)
+        self.read_fd = self._write_fd = -1
+
+
 async def spawn_executor(
     settings: PoolSettings,
     env: dict[bytes, bytes],
     executor_id: int,
     nonce: str,
     bin_path: Path | None,
+    lifeline: Lifeline,
 ) -> ExecutorProcess:
     """Start one executor in a new session with its channel pipes; ``StartFailed`` if it cannot.
 
-    stdin is ``/dev/null``; stdout and stderr share one pipe, the executor's log.
+    stdin is ``/dev/null``; stdout and stderr share one pipe, the executor's log. The executor
+    gets the read end of ``lifeline`` and starts its group watcher from it.
     """
+    program = bin_path if bin_path is not None else settings.bin_path
+    if program is not None and not os.access(program, os.X_OK):
+        raise StartFailed(f"cannot spawn executor {str(program)!r}: not an executable file")
     request_read, request_write = os.pipe()
     response_read, response_write = os.pipe()
     command = executor_command(
-        settings, in_fd=request_read, out_fd=response_write, nonce=nonce, bin_path=bin_path
+        settings,
+        in_fd=request_read,
+        out_fd=response_write,
+        nonce=nonce,
+        bin_path=bin_path,
+        lifeline_fd=lifeline.read_fd,
     )
     try:
         process = await trio.lowlevel.open_process(
@@ -249,7 +298,7 @@ async def spawn_executor(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            pass_fds=(request_read, response_write),
+            pass_fds=(request_read, response_write, lifeline.read_fd),
             start_new_session=True,
             env=env,  # type: ignore[arg-type]  # Popen takes bytes on POSIX
         )

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import attrs
 import cattrs
 import cattrs.gen
 import yaml
+
+from worker.security import first_unreadable
 
 if TYPE_CHECKING:
     from worker.executor.settings import PoolSettings
@@ -38,6 +41,7 @@ __all__ = [
     "LivenessConfig",
     "LoadedConfig",
     "LogConfig",
+    "RunAs",
     "ShutdownConfig",
     "FRAME_HEADROOM_BYTES",
     "TaskExecutorConfig",
@@ -220,6 +224,44 @@ def _executor_protocol() -> _Check:
     return _Check(description, convert)
 
 
+class RunAs(NamedTuple):
+    """The user ``task_executor.run_as`` names, resolved (executor.md §8.1)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @property
+    def argument(self) -> str:
+        """``uid:gid``, as the executor's ``run_as=`` argument carries it."""
+        return f"{self.uid}:{self.gid}"
+
+
+def _run_as() -> _Check:
+    description = "a user name or numeric uid (the worker must run as root)"
+
+    def convert(value: Any) -> RunAs | None:
+        if value is None:
+            return None
+        try:
+            if _is_int(value) or (isinstance(value, str) and value.isdigit()):
+                entry = pwd.getpwuid(int(value))
+            elif isinstance(value, str) and value:
+                entry = pwd.getpwnam(value)
+            else:
+                raise _Invalid(f"must be {description}, got {value!r}")
+        except (KeyError, OverflowError):
+            raise _Invalid(f"no such user: {value!r}") from None
+        if os.geteuid() not in (0, entry.pw_uid):
+            raise _Invalid(
+                f"switching executors to user {entry.pw_name!r} needs a worker running as root"
+                f" (it runs as uid {os.geteuid()})"
+            )
+        return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+    return _Check(description, convert)
+
+
 def _key(doc: str, check: _Check, default_doc: str | None = None) -> dict[str, Any]:
     """Field metadata of a key: its one-line description and the check of its raw value.
 
@@ -342,6 +384,15 @@ class TaskExecutorConfig:
         metadata=_key(
             "How long closing the pool waits for queued log lines to be written.",
             _positive_number(),
+        ),
+    )
+    run_as: RunAs | None = attrs.field(
+        default=None,
+        metadata=_key(
+            "User the executors switch to (no supplementary groups) before any task code runs,"
+            " so tasks cannot read the worker's environment or memory; needs a root worker.",
+            _run_as(),
+            default_doc="the worker's own user",
         ),
     )
     protocol: str = attrs.field(
@@ -667,12 +718,30 @@ def _check_relations(config: WorkerConfig) -> None:
     )
     if problem is not None:
         raise ConfigError(*problem)
+    _check_run_as(config.task_executor)
     if config.backoff.max_sec < config.backoff.initial_sec:
         raise ConfigError(
             "backoff.max_sec",
             f"must be at least backoff.initial_sec ({config.backoff.initial_sec}),"
             f" got {config.backoff.max_sec}",
         )
+
+
+def _check_run_as(executor: TaskExecutorConfig) -> None:
+    """The ``run_as`` user must reach ``package_dir`` (and ``bin_path``) through mode bits."""
+    user = executor.run_as
+    if user is None:
+        return
+    paths = [(executor.package_dir, "read and search")]
+    if executor.bin_path is not None:
+        paths.append((executor.bin_path, "read and execute"))
+    for path, access in paths:
+        blocked = first_unreadable(path, user.uid, user.gid)
+        if blocked is not None:
+            raise ConfigError(
+                "task_executor.run_as",
+                f"user {user.name!r} cannot {access} {str(path)!r} (blocked at {str(blocked)!r})",
+            )
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:

@@ -1,11 +1,12 @@
 """Nothing outlives the worker (executor.md §6.8): SIGKILL a real worker process, idle or busy.
 
 The worker runs as ``python -m worker -c FILE`` against scripted storage and scheduler servers
-(the harness of tests/test_service.py). Its task starts a grandchild that ignores SIGTERM (and a
-busy task also blocks the usual stop signals in the executor). After the worker is SIGKILLed,
-every process of every executor group (the executor, the grandchild, anything else in the group)
-must have exited within 1 s. "Exited" is read from ``/proc/<pid>/stat``: a zombie counts, since a
-subreaper (this test process, for one) may hold it unreaped.
+(the harness of tests/test_service.py). Its task forks a grandchild that ignores SIGTERM (and a
+busy task also blocks the usual stop signals in the executor), with and without ``run_as``.
+After the worker is SIGKILLed, every process of every executor group (the executor, the
+grandchild, anything else in the group) must have exited within 1 s. "Exited" is read from
+``/proc/<pid>/stat``: a zombie counts, since a subreaper (this test process, for one) may hold
+it unreaped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.executor.conftest import TEST_BOUND_SEC, CollectingSink, executor_script
+from tests.executor.conftest import (
+    TEST_BOUND_SEC,
+    UNPRIVILEGED,
+    CollectingSink,
+    executor_script,
+    needs_root_and_account,
+)
 from tests.test_service import (
     TASKS,
     FakeCluster,
@@ -44,27 +51,26 @@ pytestmark = [
 #: executor.md §6.8: everything has exited within 1 s of the worker's death.
 EXIT_BOUND_SEC = 1.0
 
+# Only modules the executor has loaded itself (os, signal, time), so the tasks run under run_as
+# too, as a user that may not be able to read the interpreter's directory.
 DEATH_TASKS = """\
 import os
-import pathlib
 import signal
-import subprocess
-import sys
 import time
 
-HERE = pathlib.Path(__file__).parent
-STUBBORN = (
-    "import signal, time\\n"
-    "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\\n"
-    "    signal.signal(s, signal.SIG_IGN)\\n"
-    "time.sleep(600)\\n"
-)
+HERE = os.path.dirname(__file__)
 
 
 def _start_stubborn_grandchild():
-    child = subprocess.Popen([sys.executable, "-c", STUBBORN])
-    (HERE / "pids.tmp").write_text(f"{os.getpid()} {child.pid}")
-    os.replace(HERE / "pids.tmp", HERE / "pids")
+    pid = os.fork()
+    if pid == 0:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        time.sleep(600)
+        os._exit(0)
+    with open(os.path.join(HERE, "pids.tmp"), "w") as out:
+        out.write(f"{os.getpid()} {pid}")
+    os.replace(os.path.join(HERE, "pids.tmp"), os.path.join(HERE, "pids"))
 
 
 def leave_a_grandchild():
@@ -154,14 +160,21 @@ async def kill_worker_and_check(worker: WorkerProcess, pids: set[int]) -> None:
     assert not alive, f"still alive {took:.2f} s after the worker's SIGKILL: {alive}"
 
 
-async def _run(tmp_path: Path, servers: tuple[ScriptedServer, ScriptedServer], func: str) -> None:
+async def _run(
+    directory: Path,
+    servers: tuple[ScriptedServer, ScriptedServer],
+    func: str,
+    run_as: str | None = None,
+) -> None:
     storage, scheduler = servers
     FakeCluster(storage, scheduler, func)
-    config = write_config(tmp_path, storage.port, scheduler.port)
-    package = tmp_path / "package"
+    executor_keys = {} if run_as is None else {"task_executor": {"run_as": run_as}}
+    config = write_config(directory, storage.port, scheduler.port, **executor_keys)
+    package = directory / "package"
     (package / "tasks.py").write_text(DEATH_TASKS)
+    package.chmod(0o777)  # the task writes its pids file there, as the run_as user too
     with trio.fail_after(60):
-        async with running_worker(config, tmp_path / "stdout.log") as worker:
+        async with running_worker(config, directory / "stdout.log") as worker:
             executor, grandchild = map(int, (await wait_for_file(package / "pids", 30)).split())
             if func == "leave_a_grandchild":
                 # the task returned and was reported: the executor is idle now
@@ -182,6 +195,15 @@ async def test_sigkilled_worker_leaves_no_idle_executor_or_grandchild(
     tmp_path: Path, servers: tuple[ScriptedServer, ScriptedServer]
 ) -> None:
     await _run(tmp_path, servers, "leave_a_grandchild")
+
+
+@needs_root_and_account
+async def test_sigkilled_worker_leaves_no_run_as_executor_or_grandchild(
+    shared_dir: Path, servers: tuple[ScriptedServer, ScriptedServer]
+) -> None:
+    # the executor switched users (which clears a parent-death signal): the watcher still acts
+    assert UNPRIVILEGED is not None
+    await _run(shared_dir, servers, "run_forever", run_as=UNPRIVILEGED.pw_name)
 
 
 async def test_a_bin_path_executor_gets_a_group_watcher_too(

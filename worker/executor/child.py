@@ -6,9 +6,13 @@ runs one task at a time in this process, and answers each with one ``result`` fr
 pipe. fd 1 and fd 2 both go to the log pipe, so task output never touches the channel.
 
 Imports: the standard library, ``msgpack`` and the stdlib-only worker modules ``wire``,
-``channel`` and ``worker.task``, all before ``package_dir`` goes on ``sys.path``; zstd comes
-lazily, for commit tasks, through ``wire``, which keeps ``package_dir`` out of that import.
-Never trio, attrs or the runtime: the executor starts in tens of milliseconds and stays small.
+``channel``, ``messages``, ``guard`` and ``worker.task``, all before ``package_dir`` goes on
+``sys.path``; zstd comes lazily, for commit tasks, through ``wire``, which keeps ``package_dir``
+out of that import (eagerly with ``run_as``, before the user switch). Never trio, attrs or the
+runtime: the executor starts in tens of milliseconds and stays small.
+
+With ``run_as=uid:gid`` the executor switches to that user after its own imports and before
+``package_dir`` goes on ``sys.path``: no task code ever runs as the worker's user.
 
 Before and after each task the executor writes a marker line ``\\x1e<nonce> B|E <id>`` to fd 2;
 the pool's log reader uses them to tag the lines in between with the task's ids and never
@@ -35,6 +39,7 @@ from worker.executor.channel import (
     read_frame_blocking,
     write_all_blocking,
 )
+from worker.executor.guard import EXIT_CANNOT_START, RunAsIds, drop_privileges
 from worker.executor.messages import ExecuteMessage, FailureResult, ReadyMessage, SuccessResult
 from worker.executor.wire import (
     FrameDecodeError,
@@ -42,6 +47,7 @@ from worker.executor.wire import (
     OutputEncodeError,
     decode_values,
     encode_return,
+    load_zstandard,
 )
 
 __all__ = ["EXIT_BAD_REQUEST", "ExecutorOptions", "main", "marker", "type_name"]
@@ -60,7 +66,15 @@ _UNSUPPORTED = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorTy
 class ExecutorOptions:
     """The executor's command-line settings (``key=value`` arguments; never the environment)."""
 
-    __slots__ = ("in_fd", "max_frame_bytes", "nonce", "out_fd", "output_limit", "package_dir")
+    __slots__ = (
+        "in_fd",
+        "max_frame_bytes",
+        "nonce",
+        "out_fd",
+        "output_limit",
+        "package_dir",
+        "run_as",
+    )
 
     def __init__(self, argv: Sequence[str]) -> None:
         values = dict(arg.split("=", 1) for arg in argv)
@@ -70,6 +84,7 @@ class ExecutorOptions:
         self.max_frame_bytes = int(values["max_frame_bytes"])
         self.output_limit = int(values["output_limit"])
         self.nonce = values["nonce"]
+        self.run_as = RunAsIds(values["run_as"]) if "run_as" in values else None
 
 
 def marker(nonce: str, edge: str, request_id: int) -> bytes:
@@ -282,11 +297,31 @@ def _flush_stdio() -> None:
             pass
 
 
+def _switch_user(ids: RunAsIds) -> None:
+    """Become the ``run_as`` user, after loading what this executor needs (executor.md §8.1).
+
+    The user may not be able to read the interpreter's own directories, so every module the
+    executor needs is imported first, zstandard (commit tasks) included.
+    """
+    try:  # noqa: SIM105 (contextlib is not imported here: start-up cost)
+        load_zstandard()
+    except ImportError:
+        pass  # not installed: a commit task that needs it fails the same way after the switch
+    drop_privileges(ids)
+
+
 def main(argv: Sequence[str]) -> None:
-    """Run the executor: point fd 1 at fd 2, put ``package_dir`` first, say ``ready``, serve."""
+    """Run the executor: point fd 1 at fd 2, switch user (``run_as``), put ``package_dir``
+    first, say ``ready``, serve."""
     options = ExecutorOptions(argv)
     os.dup2(2, 1)  # C-level writes to fd 1 land in the log pipe, never in the channel
     sys.stdout = sys.stderr  # Python-level prints too, in order with the rest of stderr
+    if options.run_as is not None:
+        try:
+            _switch_user(options.run_as)
+        except OSError as exc:
+            os.write(2, f"executor: cannot switch to the run_as user: {exc}\n".encode())
+            os._exit(EXIT_CANNOT_START)
     sys.path.insert(0, options.package_dir)
     executor = _Executor(options)
     code = EXIT_BAD_REQUEST

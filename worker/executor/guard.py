@@ -29,7 +29,7 @@ import os
 import signal
 from collections.abc import Sequence
 
-__all__ = ["RunAsIds", "drop_privileges", "guard", "start_group_watcher"]
+__all__ = ["EXIT_CANNOT_START", "RunAsIds", "drop_privileges", "guard", "start_group_watcher"]
 
 #: The argument keys this module consumes (the rest go to the executor).
 LIFELINE_KEY = "lifeline_fd"

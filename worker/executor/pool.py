@@ -26,6 +26,7 @@ import math
 import random
 import secrets
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -66,6 +67,7 @@ from worker.model import (
     Success,
     Timeout,
 )
+from worker.security import first_unreadable
 
 __all__ = ["ExecutorPool", "open_pool", "result_beats_timer"]
 
@@ -118,7 +120,10 @@ class ExecutorPool:
         self._bin_path_for = bin_path_for
         self._random = rng or random.Random()
         self._env, self._missing_env = build_environment(settings)
-        self._lifeline = Lifeline()
+        try:
+            self._lifeline = Lifeline()
+        except OSError as exc:
+            raise PoolInitError(f"the executor pool could not start: {exc}") from None
         self._slots = [_Slot() for _ in range(settings.slots)]
         self._idle_send, self._idle_receive = trio.open_memory_channel[_Slot](settings.slots)
         self._logs = LogPump(
@@ -184,6 +189,7 @@ class ExecutorPool:
                 "cannot become a child subreaper: killed executors' grandchildren are left to "
                 "PID 1 to reap (run under an init such as tini)"
             )
+        self._warn_unreadable_interpreter()
         for name in self._missing_env:
             log.warning(
                 "inherited_env names %s, which is not set in the worker: executors will not see it",
@@ -196,6 +202,23 @@ class ExecutorPool:
                 self._idle_send.send_nowait(slot)
         except StartFailed as exc:
             raise PoolInitError(f"the executor pool could not start: {exc}") from None
+
+    def _warn_unreadable_interpreter(self) -> None:
+        user = self.settings.run_as
+        if user is None:
+            return
+        for prefix in dict.fromkeys(Path(p) for p in (sys.prefix, sys.base_prefix)):
+            blocked = first_unreadable(prefix, user.uid, user.gid)
+            if blocked is not None:
+                log.warning(
+                    "run_as user %s cannot read the interpreter's directory %s (blocked at %s):"
+                    " tasks can import only the modules the executor loaded before switching"
+                    " to that user",
+                    user.name,
+                    prefix,
+                    blocked,
+                    extra={"fields": {"run_as": user.name, "path": str(prefix)}},
+                )
 
     async def _start_executor(self) -> ExecutorProcess:
         """Spawn one executor and wait for its ``ready``; raises ``StartFailed`` after cleanup."""

@@ -17,6 +17,7 @@ import attrs
 from worker.config import (
     FRAME_HEADROOM_BYTES,
     GrpcConfig,
+    RunAs,
     TaskExecutorConfig,
     task_executor_problem,
 )
@@ -59,7 +60,8 @@ class PoolSettings:
     """How the pool starts, talks to and supervises its executors.
 
     ``output_limit_bytes`` is the worker's ``grpc.max_send_bytes`` (LIMIT), passed to executors
-    on their command line; ``slots`` is the number of executors.
+    on their command line; ``slots`` is the number of executors; ``run_as`` the (resolved) user
+    executors switch to, ``None`` for the worker's own.
     """
 
     package_dir: Path = attrs.field(converter=Path)
@@ -75,6 +77,9 @@ class PoolSettings:
     crash_loop_limit: int = _executor_key("crash_loop_limit")
     log_queue_lines: int = _executor_key("log_queue_lines")
     log_drain_timeout_sec: float = _executor_key("log_drain_timeout_sec")
+    run_as: RunAs | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(RunAs))
+    )
     output_limit_bytes: int = _key(GrpcConfig, "max_send_bytes", prefix="grpc")
     slots: int = attrs.field(default=1, validator=_positive)
 

@@ -31,6 +31,7 @@ __all__ = [
     "decode_values",
     "encode_frame",
     "encode_graph_outputs",
+    "load_zstandard",
     "encode_payload",
     "encode_return",
     "encode_values",
@@ -202,6 +203,11 @@ def decode_graph_payloads(payloads: Sequence[bytes]) -> list[Any]:
         return [decode_payload(p, i) for i, p in enumerate(payloads)]
     except FrameDecodeError as exc:
         raise GraphOutputsDecodeError(f"graph outputs: {exc}") from None
+
+
+def load_zstandard() -> None:
+    """Import ``zstandard`` now (before an executor switches users); ``ImportError`` if absent."""
+    _zstandard()
 
 
 def _zstandard() -> Any:

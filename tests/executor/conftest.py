@@ -188,3 +188,15 @@ def shared_dir() -> Iterator[Path]:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def config_document(package_dir: Path, **task_executor: Any) -> dict[str, Any]:
+    """A minimal valid worker configuration (as parsed YAML) with these ``task_executor`` keys."""
+    return {
+        "storage": {"host": "127.0.0.1", "port": 1},
+        "scheduler": {"host": "127.0.0.1", "port": 2},
+        "connection_pool_size": 1,
+        "scheduler_poll_wait_ms": 0,
+        "liveness": {"storage_heartbeat_interval_sec": 1, "scheduler_heartbeat_interval_sec": 1},
+        "task_executor": {"package_dir": str(package_dir), **task_executor},
+    }

@@ -24,11 +24,17 @@ import msgpack
 import pytest
 import trio
 
-from tests.executor.conftest import UNPRIVILEGED, needs_root_and_account, unprivileged_account
+from tests.executor.conftest import (
+    UNPRIVILEGED,
+    config_document,
+    needs_root_and_account,
+    unprivileged_account,
+)
 from tests.executor.test_worker_death import wait_for_call
 from tests.test_service import (
     TASKS,
     FakeCluster,
+    WorkerProcess,
     messages,
     run_cli,
     running_worker,
@@ -94,17 +100,6 @@ def _run_as_config(directory: Path, storage: ScriptedServer, scheduler: Scripted
 # --- Configuration ----------------------------------------------------------------------------
 
 
-def _document(package_dir: Path, run_as: object) -> dict[str, object]:
-    return {
-        "storage": {"host": "127.0.0.1", "port": 1},
-        "scheduler": {"host": "127.0.0.1", "port": 2},
-        "connection_pool_size": 1,
-        "scheduler_poll_wait_ms": 0,
-        "liveness": {"storage_heartbeat_interval_sec": 1, "scheduler_heartbeat_interval_sec": 1},
-        "task_executor": {"package_dir": str(package_dir), "run_as": run_as},
-    }
-
-
 def test_unknown_run_as_user_is_one_line_and_exit_2(tmp_path: Path) -> None:
     config = write_config(tmp_path, 1, 2, task_executor={"run_as": "no-such-user-here"})
     completed = run_cli("-c", str(config))
@@ -117,7 +112,7 @@ def test_unknown_run_as_user_is_one_line_and_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", [True, 1.5, [], ""])
 def test_run_as_of_the_wrong_type_is_refused(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"^config error: task_executor\.run_as: must be a user"):
-        parse_config(_document(tmp_path, value), environ={})
+        parse_config(config_document(tmp_path, run_as=value), environ={})
 
 
 def test_run_as_needs_a_root_worker(shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,14 +120,14 @@ def test_run_as_needs_a_root_worker(shared_dir: Path, monkeypatch: pytest.Monkey
     assert other is not None
     monkeypatch.setattr(os, "geteuid", lambda: other.pw_uid + 1)
     with pytest.raises(ConfigError) as error:
-        parse_config(_document(shared_dir, other.pw_name), environ={})
+        parse_config(config_document(shared_dir, run_as=other.pw_name), environ={})
     assert str(error.value) == (
         f"config error: task_executor.run_as: switching executors to user {other.pw_name!r}"
         f" needs a worker running as root (it runs as uid {other.pw_uid + 1})"
     )
     # naming the worker's own user changes nothing, so it needs no privilege
     monkeypatch.setattr(os, "geteuid", lambda: other.pw_uid)
-    loaded = parse_config(_document(shared_dir, other.pw_uid), environ={})
+    loaded = parse_config(config_document(shared_dir, run_as=other.pw_uid), environ={})
     assert loaded.config.task_executor.run_as is not None
     assert loaded.config.task_executor.run_as.name == other.pw_name
 
@@ -211,6 +206,29 @@ def test_non_dumpable_hides_the_environ_from_the_same_user() -> None:
 # --- run_as end to end --------------------------------------------------------------------------
 
 
+async def _report_of_one_task(
+    config: Path, storage: ScriptedServer, report: str, directory: Path
+) -> tuple[WorkerProcess, bytes]:
+    """Run the worker until its one task is reported as ``report``, drain it; the request."""
+    with trio.fail_after(60):
+        async with running_worker(config, directory / "stdout.log") as worker:
+            await wait_for_call(storage, TASKS + report, 30)
+            worker.signal(signal.SIGTERM)
+        assert worker.process.returncode == 0, messages(worker)
+    (call,) = storage.calls(TASKS + report)
+    return worker, call.request
+
+
+def _values(frame: bytes) -> list[object]:
+    """The payloads of a task I/O wire frame (u32 LE count, then u32 LE length + msgpack)."""
+    count, offset, values = int.from_bytes(frame[:4], "little"), 4, []
+    for _ in range(count):
+        size = int.from_bytes(frame[offset : offset + 4], "little")
+        values.append(msgpack.unpackb(frame[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    return values
+
+
 @needs_root_and_account
 async def test_task_runs_as_the_run_as_user(
     shared_dir: Path, servers: tuple[ScriptedServer, ScriptedServer]
@@ -219,21 +237,10 @@ async def test_task_runs_as_the_run_as_user(
     storage, scheduler = servers
     FakeCluster(storage, scheduler, "identity")
     config = _run_as_config(shared_dir, storage, scheduler)
-    with trio.fail_after(60):
-        async with running_worker(config, shared_dir / "stdout.log") as worker:
-            await wait_for_call(storage, TASKS + "ReportTaskSuccess", 30)
-            worker.signal(signal.SIGTERM)
-        assert worker.process.returncode == 0, messages(worker)
-    (call,) = storage.calls(TASKS + "ReportTaskSuccess")
-    outputs = storage_pb2.ReportTaskSuccessRequest.FromString(call.request).serialized_outputs
-    count = int.from_bytes(outputs[:4], "little")
-    values, offset = [], 4
-    for _ in range(count):
-        size = int.from_bytes(outputs[offset : offset + 4], "little")
-        values.append(msgpack.unpackb(outputs[offset + 4 : offset + 4 + size]))
-        offset += 4 + size
+    worker, request = await _report_of_one_task(config, storage, "ReportTaskSuccess", shared_dir)
+    outputs = storage_pb2.ReportTaskSuccessRequest.FromString(request).serialized_outputs
     uid, gid = UNPRIVILEGED.pw_uid, UNPRIVILEGED.pw_gid
-    assert values == [uid, uid, gid, []]
+    assert _values(outputs) == [uid, uid, gid, []]
     # the interpreter under a private directory: one warning naming it, not an error
     warnings = [m for m in messages(worker) if "cannot read the interpreter's directory" in m]
     expected = {p for p in {sys.prefix, sys.base_prefix} if _blocked_for_others(Path(p))}
@@ -249,12 +256,8 @@ async def test_run_as_task_cannot_read_the_worker_environ(
     storage, scheduler = servers
     FakeCluster(storage, scheduler, "read_worker_environ")
     config = _run_as_config(shared_dir, storage, scheduler)
-    with trio.fail_after(60):
-        async with running_worker(config, shared_dir / "stdout.log") as worker:
-            await wait_for_call(storage, TASKS + "ReportTaskFailure", 30)
-            worker.signal(signal.SIGTERM)
-    (call,) = storage.calls(TASKS + "ReportTaskFailure")
-    message = storage_pb2.ReportTaskFailureRequest.FromString(call.request).error_message
+    worker, request = await _report_of_one_task(config, storage, "ReportTaskFailure", shared_dir)
+    message = storage_pb2.ReportTaskFailureRequest.FromString(request).error_message
     assert message.startswith("in-task failure: PermissionError: [Errno 13] Permission denied")
     assert f"/proc/{worker.process.pid}/environ" in message
 
@@ -271,10 +274,7 @@ async def test_task_cannot_read_the_worker_environ_without_run_as(
     FakeCluster(storage, scheduler, "read_worker_environ")
     config = write_config(tmp_path, storage.port, scheduler.port)
     (tmp_path / "package" / "tasks.py").write_text(RUN_AS_TASKS)
-    with trio.fail_after(60):
-        async with running_worker(config, tmp_path / "stdout.log") as worker:
-            await wait_for_call(storage, TASKS + "ReportTaskFailure", 30)
-            worker.signal(signal.SIGTERM)
-    (call,) = storage.calls(TASKS + "ReportTaskFailure")
-    message = storage_pb2.ReportTaskFailureRequest.FromString(call.request).error_message
-    assert message.startswith("in-task failure: PermissionError"), message
+    worker, request = await _report_of_one_task(config, storage, "ReportTaskFailure", tmp_path)
+    message = storage_pb2.ReportTaskFailureRequest.FromString(request).error_message
+    assert message.startswith("in-task failure: PermissionError: [Errno 13] Permission denied")
+    assert f"/proc/{worker.process.pid}/environ" in message

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.executor.conftest import config_document
 from worker.config import ConfigError, parse_config
 from worker.executor.settings import PoolSettings
 
@@ -29,20 +30,9 @@ SPEC_DEFAULTS = {
 }
 
 
-def _document(package_dir: Path, **executor: Any) -> dict[str, Any]:
-    return {
-        "storage": {"host": "127.0.0.1", "port": 1},
-        "scheduler": {"host": "127.0.0.1", "port": 2},
-        "connection_pool_size": 1,
-        "scheduler_poll_wait_ms": 0,
-        "liveness": {"storage_heartbeat_interval_sec": 1, "scheduler_heartbeat_interval_sec": 1},
-        "task_executor": {"package_dir": str(package_dir), **executor},
-    }
-
-
 def test_defaults_are_the_documented_ones_in_code_and_in_a_file(tmp_path: Path) -> None:
     in_code = PoolSettings(package_dir=tmp_path)
-    from_file = parse_config(_document(tmp_path), environ={}).config.to_pool_settings()
+    from_file = parse_config(config_document(tmp_path), environ={}).config.to_pool_settings()
     assert in_code == from_file
     for name, value in SPEC_DEFAULTS.items():
         assert getattr(in_code, name) == value, name
@@ -65,7 +55,7 @@ def test_a_value_refused_in_a_file_is_refused_in_code_with_the_same_words(
     tmp_path: Path, key: str, value: Any
 ) -> None:
     with pytest.raises(ConfigError) as from_file:
-        parse_config(_document(tmp_path, **{key: value}), environ={})
+        parse_config(config_document(tmp_path, **{key: value}), environ={})
     with pytest.raises(ValueError, match=f"^task_executor.{key}: ") as in_code:
         PoolSettings(package_dir=tmp_path, **{key: value})
     assert str(from_file.value) == f"config error: {in_code.value}"
@@ -74,7 +64,7 @@ def test_a_value_refused_in_a_file_is_refused_in_code_with_the_same_words(
 def test_relations_between_keys_are_checked_once_for_both(tmp_path: Path) -> None:
     frame: dict[str, Any] = {"max_frame_bytes": 4 * 1024 * 1024}
     with pytest.raises(ConfigError) as from_file:
-        parse_config(_document(tmp_path, **frame), environ={})
+        parse_config(config_document(tmp_path, **frame), environ={})
     with pytest.raises(ValueError, match=r"^task_executor\.max_frame_bytes: ") as in_code:
         PoolSettings(package_dir=tmp_path, **frame)
     assert str(from_file.value) == f"config error: {in_code.value}"

@@ -17,6 +17,9 @@ Supervision rules, in brief:
   started. The triggering outcome is returned even when that start fails.
 * Failed starts back off exponentially with jitter; ``crash_loop_limit`` consecutive failures
   break the slot (``PoolBroken``). A task crashing its executor is not a failed start.
+* The pool holds a ``Lifeline`` for as long as it is open; every executor's group watcher
+  (``worker.executor.guard``) kills its group when the lifeline ends, so no executor outlives
+  the worker, however the worker dies.
 """
 
 from __future__ import annotations

@@ -11,15 +11,14 @@ import contextlib
 import os
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import E2E, TASKS_DIR, wait_for
+from tests.cluster.harness import E2E, TASKS_DIR, ProcessCensus, wait_for
 from worker.cluster.jobs import Job, JobBuilder
-from worker.cluster.processes import WorkerProcess, descendants
+from worker.cluster.processes import WorkerProcess
 from worker.cluster.storage import JobState
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -28,59 +27,6 @@ TASKS = 300
 WORKERS = 3
 #: The whole run, kills and restarts included, must end within this budget.
 BUDGET_SEC = 60.0
-
-
-def _start_time(pid: int) -> str | None:
-    """Field 22 of ``/proc/<pid>/stat`` (start time in ticks), or None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    if fields[0] in {"Z", "X"}:
-        return None
-    return fields[19]
-
-
-class ProcessCensus:
-    """Every process any worker started, as (pid, start time), sampled every 20 ms."""
-
-    def __init__(self) -> None:
-        self.seen: set[tuple[int, str]] = set()
-        self._roots: list[int] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="census", daemon=True)
-
-    def watch(self, pid: int) -> None:
-        with self._lock:
-            self._roots.append(pid)
-        self.sample()
-
-    def sample(self) -> None:
-        with self._lock:
-            roots = list(self._roots)
-        for root in roots:
-            for pid in descendants(root):
-                started = _start_time(pid)
-                if started is not None:
-                    self.seen.add((pid, started))
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.sample()
-
-    def __enter__(self) -> ProcessCensus:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def alive(self) -> list[int]:
-        """The pids seen that still run the same process (pids get reused)."""
-        return [pid for pid, started in self.seen if _start_time(pid) == started]
 
 
 def _chaos_job() -> Job:

@@ -239,7 +239,6 @@ class StorageEngine:
         self._instances: dict[int, _Instance] = {}
         self._dead: set[int] = set()
         self._next_instance_id = 1
-        self._schedulers_registered = 0
         self.session_id = 0
         self.default_group_id = database.ensure_resource_group(DEFAULT_RESOURCE_GROUP, b"")
         with self._cond:
@@ -254,7 +253,6 @@ class StorageEngine:
         for lane in self._lanes.values():
             lane.clear()
         self._next_instance_id = 1
-        self._schedulers_registered = 0
         self._dead = {row.id for row in self.db.ems() if row.state == "dead"}
         self._recover()
         log.info(
@@ -384,16 +382,20 @@ class StorageEngine:
             self._cond.notify_all()
 
     def register_scheduler(self, host: str, port: int) -> tuple[int, int]:
-        """Register a scheduler: ``(scheduler_id, session_id)``; a re-registration re-enqueues."""
+        """Register a scheduler: ``(scheduler_id, session_id)``; ready work is handed out again.
+
+        A registering scheduler may replace one that took ready entries and died with them, also
+        across a storage restart (whose recovery handed its entries to the scheduler then
+        running). So every ready task that is not still waiting in a lane is enqueued again;
+        one already waiting is not, so a first registration adds no duplicates.
+        """
         with self._cond:
             scheduler_id = self.db.insert_scheduler(host, port, self.session_id, self._clock())
-            self._schedulers_registered += 1
-            if self._schedulers_registered > 1:
-                # §8.1: a scheduler replacing another lost its queue; hand every ready task again.
-                for job in self._jobs.values():
-                    for task in self._all_tasks(job):
-                        if task.state is TaskState.READY:
-                            self._enqueue(job, task)
+            waiting = {(e.job_id, e.task_id) for lane in self._lanes.values() for e in lane}
+            for job in self._jobs.values():
+                for task in self._all_tasks(job):
+                    if task.state is TaskState.READY and (job.id, task.task_id) not in waiting:
+                        self._enqueue(job, task)
             return scheduler_id, self.session_id
 
     # --- workers ---

@@ -34,7 +34,7 @@ def _chaos_job() -> Job:
     builder = JobBuilder("chaos", package_dir=TASKS_DIR)
     for index in range(TASKS):
         function = "sleepy_leaving_a_straggler" if index % 10 == 0 else "sleepy"
-        builder.task(f"t{index}", "cluster_tasks", function, [0.02, index])
+        builder.task(f"t{index}", "cluster_tasks", function, [0.03, index])
     return builder.build()
 
 
@@ -90,7 +90,11 @@ def test_chaos_kills_and_a_cluster_restart_lose_and_repeat_nothing(tmp_path: Pat
                 os.kill(victim.pid, signal.SIGKILL)  # the worker alone: its executors must follow
                 victim.wait(5)
                 killed.append(victim)
-                replacement, _ = e2e.start_worker()
+                # Not waited for: the plan goes on while the replacement boots.
+                replacement = WorkerProcess(
+                    f"worker-{len(e2e.workers) + 1}", e2e.config(), tmp_path
+                )
+                e2e.workers.append(replacement)
                 census.watch(replacement.pid)
             state = e2e.cluster.storage.job_state(job_id)
             assert state is JobState.SUCCEEDED, f"{state.name}\n{e2e.logs()}"

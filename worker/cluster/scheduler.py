@@ -24,6 +24,7 @@ __all__ = [
     "AckRecord",
     "Assignment",
     "InboundSource",
+    "SchedulerBusy",
     "SchedulerClosed",
     "SchedulerEngine",
     "SchedulerSettings",
@@ -65,6 +66,10 @@ class SchedulerClosed(Exception):
     """The scheduler is stopping (``INTERNAL "scheduler is shutting down"``)."""
 
 
+class SchedulerBusy(Exception):
+    """``max_long_polls`` calls already wait (``RESOURCE_EXHAUSTED``; the worker backs off)."""
+
+
 @attrs.frozen(slots=True)
 class SchedulerSettings:
     """Scheduler timings (protocol.md §9); fractional seconds accepted."""
@@ -73,6 +78,9 @@ class SchedulerSettings:
     liveness_tracking_interval_ms: int = 250
     inbound_poll_wait_ms: int = 200
     inbound_batch: int = 64
+    #: ``NextTask`` calls that may wait at once (workers x slots); the server's thread pool is
+    #: sized from it, so long polls never take the threads heartbeats and acks need.
+    max_long_polls: int = 1024
 
 
 @attrs.frozen(slots=True)
@@ -251,6 +259,8 @@ class SchedulerEngine:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
+                if self.waiting_polls >= self.settings.max_long_polls:
+                    raise SchedulerBusy
                 self.waiting_polls += 1
                 try:
                     self._cond.wait(remaining)

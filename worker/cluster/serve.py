@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sqlite3
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
+from worker.cluster.hardening import harden_this_process
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import StorageSettings
 
@@ -70,8 +71,9 @@ def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     problem = _problem(args)
     if problem is not None:
-        print(f"cluster: {problem}")
+        print(f"cluster: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    harden_this_process()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -92,8 +94,8 @@ def main(argv: Sequence[str]) -> int:
     )
     try:
         cluster = EmbeddedCluster(settings)
-    except (OSError, sqlite3.Error) as error:
-        print(f"cluster: cannot start: {error} (database {args.db})")
+    except ClusterStartError as error:
+        print(f"cluster: cannot start: {error}", file=sys.stderr)
         return EXIT_FAILED
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -7,6 +7,7 @@ and exits 0 only if it succeeded.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         job = load_job_file(args.jobfile)
     except JobError as error:
-        print(f"submit: {error}")
+        print(f"submit: {error}", file=sys.stderr)
         return EXIT_USAGE
     graph, inputs = encode_job(job)
     with grpc.insecure_channel(f"{args.host}:{args.port}") as channel:
@@ -82,7 +83,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _rpc_failure(what: str, error: grpc.RpcError) -> int:
     """Print one line naming the failed call's status and details; the exit code for it."""
-    print(f"submit: {what}: {error.code().name}: {error.details()}")
+    print(f"submit: {what}: {error.code().name}: {error.details()}", file=sys.stderr)
     return EXIT_UNREACHABLE
 
 

@@ -126,6 +126,27 @@ def test_failing_task_is_retried_then_a_task_without_retries_fails_the_job(
     assert e2e.cluster.storage.task_rows(failed)[0].failures == 2
 
 
+def test_a_task_returning_the_wrong_number_of_outputs_fails_its_job_and_spends_retries(
+    e2e: E2E,
+) -> None:
+    e2e.start_worker()
+    # ``echo`` returns one value; the job declares two. Storage fails the instance; the
+    # downstream task never runs, and the job ends instead of hanging.
+    job_id = e2e.submit(
+        JobBuilder("miscount", package_dir=TASKS_DIR)
+        .task("pair", "cluster_tasks", "echo", [7], outputs=2, retries=1)
+        .task("after", "cluster_tasks", "add", [ref("pair"), ref("pair", 1)])
+        .build()
+    )
+    assert e2e.wait_job(job_id, timeout=60) is JobState.FAILED
+    expected = "output count mismatch: task pair declared 2 outputs, returned 1"
+    assert e2e.cluster.storage.job_error(job_id) == expected
+    pair, after = e2e.cluster.storage.task_rows(job_id)
+    assert (pair.state, pair.attempts, pair.failures, pair.successes) == ("failed", 2, 2, 0)
+    assert after.attempts == 0
+    assert e2e.cluster.storage.live_instances() == {}
+
+
 def test_hard_timeout_kills_the_task_and_fails_it(e2e: E2E) -> None:
     e2e.start_worker()
     job_id = e2e.submit(

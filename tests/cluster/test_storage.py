@@ -191,12 +191,13 @@ def test_report_checks_run_in_the_spec_order() -> None:
     assert _fault(failure, 4242, index0, 1, session + 1, "e").code is StatusCode.NOT_FOUND
     job_id = engine.submit(JobBuilder("one").task("a", "m", "f", [1]).build())
     context = engine.register_task_instance(job_id, index0, em_id, session)
-    # A wrong output count is INTERNAL and changes nothing: the instance is still live.
-    assert _fault(report, job_id, index0, context.task_instance_id, session, _frame(1, 2)).code is (
-        StatusCode.INTERNAL
+    # A wrong output count is checked last: a report of a dead instance is only stale.
+    assert _fault(report, job_id, index0, 99, session, _frame(1, 2)).code is (
+        StatusCode.FAILED_PRECONDITION
     )
-    assert context.task_instance_id in engine.live_instances()
-    assert engine.job_state(job_id) is JobState.RUNNING
+    assert _fault(report, job_id, index0, context.task_instance_id, session, _frame(1, 2)).code is (
+        StatusCode.INVALID_ARGUMENT
+    )
 
 
 def _encoded(job: object) -> tuple[bytes, bytes]:
@@ -218,8 +219,6 @@ def test_report_success_checks_and_duplicates() -> None:
     assert _fault(report, job_id, index0, instance, session + 1, b"").code is StatusCode.NOT_FOUND
     bad_frame = _fault(report, job_id, index0, instance, session, b"\x01")
     assert bad_frame.code is StatusCode.INVALID_ARGUMENT
-    wrong_count = _fault(report, job_id, index0, instance, session, _frame(1, 2))
-    assert wrong_count.code is StatusCode.INTERNAL
     assert _fault(report, job_id, index0, 77, session, _frame(1)).code is (
         StatusCode.FAILED_PRECONDITION
     )
@@ -227,6 +226,31 @@ def test_report_success_checks_and_duplicates() -> None:
     duplicate = _fault(report, job_id, index0, instance, session, _frame(1))
     assert duplicate.code is StatusCode.FAILED_PRECONDITION
     assert engine.task_rows(job_id)[0].successes == 1
+
+
+@pytest.mark.parametrize("returned", [0, 2])
+def test_a_wrong_output_count_fails_the_instance_and_spends_a_retry(returned: int) -> None:
+    engine = _engine()
+    em_id, session = engine.register_execution_manager("0.0.0.0")
+    job_id = engine.submit(_chain_job(retries=1).build())
+    index0 = TaskId.of_index(0)
+    _drain(engine)
+    expected = f"output count mismatch: task a declared 1 outputs, returned {returned}"
+    for attempt in (1, 2):
+        instance = engine.register_task_instance(job_id, index0, em_id, session).task_instance_id
+        wrong = _fault(
+            engine.report_success, job_id, index0, instance, session, _frame(*range(returned))
+        )
+        assert (wrong.code, wrong.message) == (StatusCode.INVALID_ARGUMENT, expected)
+        assert instance not in engine.live_instances()
+        row = engine.task_rows(job_id)[0]
+        assert (row.failures, row.successes, row.error) == (attempt, 0, expected)
+        if attempt == 1:  # the retry: the task is ready again, the job goes on
+            assert [e.task_id for e in _drain(engine)] == [index0]
+            assert engine.job_state(job_id) is JobState.RUNNING
+    assert engine.job_state(job_id) is JobState.FAILED
+    assert engine.job_error(job_id) == expected
+    assert engine.task_rows(job_id)[0].state == "failed"
 
 
 def test_failure_retries_then_fails_the_job_with_its_message() -> None:

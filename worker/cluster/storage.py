@@ -629,18 +629,18 @@ class StorageEngine:
             job, task = self._job_gate(job_id, task_id)
             instance = self._live_instance(job, task, task_instance_id)
             if task_id.kind is TaskKind.INDEX and len(outputs) != task.declared_outputs:
-                log.error(
-                    "output count mismatch",
-                    extra={
-                        "fields": {
-                            "job_id": job_id,
-                            "task": task.key,
-                            "declared": task.declared_outputs,
-                            "got": len(outputs),
-                        }
-                    },
+                # §8.4: the instance fails as if reported failed, so the job never hangs.
+                assert task_id.index is not None
+                name = job.spec.tasks[task_id.index].name
+                error = (
+                    f"output count mismatch: task {name} declared {task.declared_outputs} "
+                    f"outputs, returned {len(outputs)}"
                 )
-                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
+                log.warning(
+                    "output count mismatch", extra={"fields": {"job_id": job_id, "task": name}}
+                )
+                self._fail_instance(job, task, instance, error)
+                raise StorageFault(StatusCode.INVALID_ARGUMENT, error)
             self._instances.pop(instance.id, None)
             task.live.discard(instance.id)
             task.state = TaskState.SUCCEEDED
@@ -696,20 +696,22 @@ class StorageEngine:
             self._session_gate(session_id)
             job, task = self._job_gate(job_id, task_id)
             instance = self._live_instance(job, task, task_instance_id)
-            self._instances.pop(instance.id, None)
-            task.live.discard(instance.id)
-            if task.retries_left > 0:
-                task.retries_left -= 1
-                if not task.live:
-                    task.state = TaskState.READY
-                self.db.task_failed(
-                    job.id, task.key, task.state.value, task.retries_left, error_message
-                )
-                self._enqueue(job, task)
-                return
-            task.state = TaskState.FAILED
-            self.db.task_failed(job.id, task.key, task.state.value, 0, error_message)
-            self._finish(job, JobState.FAILED, error_message)
+            self._fail_instance(job, task, instance, error_message)
+
+    def _fail_instance(self, job: _Job, task: _Task, instance: _Instance, error: str) -> None:
+        """Remove a failed instance: retry the task if a retry is left, else fail the job."""
+        self._instances.pop(instance.id, None)
+        task.live.discard(instance.id)
+        if task.retries_left > 0:
+            task.retries_left -= 1
+            if not task.live:
+                task.state = TaskState.READY
+            self.db.task_failed(job.id, task.key, task.state.value, task.retries_left, error)
+            self._enqueue(job, task)
+            return
+        task.state = TaskState.FAILED
+        self.db.task_failed(job.id, task.key, task.state.value, 0, error)
+        self._finish(job, JobState.FAILED, error)
 
     # --- jobs ---
 

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from worker.cluster.codec import decode_frame, decode_task_outputs, encode_frame
-from worker.cluster.db import Database
+from worker.cluster.db import Database, EmRow
 from worker.cluster.jobs import JobBuilder, TaskTimeouts, ref
 from worker.cluster.storage import (
     JobState,
@@ -337,6 +337,42 @@ def test_reaper_marks_silent_workers_dead_and_requeues_without_spending_retries(
     assert _fault(engine.heartbeat, em_id).code is StatusCode.FAILED_PRECONDITION
     context = engine.register_task_instance(job_id, TaskId.of_index(0), alive, session)
     assert context.task_instance_id >= 2
+
+
+@pytest.mark.parametrize("restart", ["hook", "new process"])
+def test_after_a_restart_silence_counts_from_the_restart(tmp_path: Path, restart: str) -> None:
+    clock = Clock()
+    database = Database(tmp_path / "s.db")
+    engine = StorageEngine(
+        database, StorageSettings(execution_manager_stale_cutoff_sec=1.0), clock=clock
+    )
+    healthy, _ = engine.register_execution_manager("10.0.0.1")
+    died, _ = engine.register_execution_manager("10.0.0.2")
+    already_dead, _ = engine.register_execution_manager("10.0.0.3")
+    engine.mark_dead(already_dead)
+    clock.now += 30  # storage was down for 30 s, far past the 1 s cutoff
+    if restart == "hook":
+        engine.restart()
+    else:
+        database.close()
+        database = Database(tmp_path / "s.db")
+        engine = StorageEngine(
+            database, StorageSettings(execution_manager_stale_cutoff_sec=1.0), clock=clock
+        )
+    restarted_at = clock.now
+    clock.now += 0.5
+    engine.collect()  # within the cutoff of the restart: nobody is reaped
+    assert {row.id: row.state for row in engine.db.ems()} == {
+        healthy: "alive",
+        died: "alive",
+        already_dead: "dead",
+    }
+    assert engine.db.em(died) == EmRow(died, "10.0.0.2", "alive", restarted_at)
+    engine.heartbeat(healthy)  # the healthy worker heartbeats again; the other never does
+    clock.now += 0.8
+    engine.collect()
+    states = {row.id: row.state for row in engine.db.ems()}
+    assert states == {healthy: "alive", died: "dead", already_dead: "dead"}
 
 
 def test_registration_by_a_dead_worker_returns_context_then_requeues() -> None:

@@ -214,6 +214,14 @@ class Database:
             "UPDATE execution_managers SET last_heartbeat_at = ? WHERE id = ?", (now, em_id)
         )
 
+    def raise_alive_heartbeats(self, now: float) -> None:
+        """Count every alive worker's silence from ``now`` at the latest (a storage restart)."""
+        self._conn.execute(
+            "UPDATE execution_managers SET last_heartbeat_at = ?"
+            " WHERE state = 'alive' AND last_heartbeat_at < ?",
+            (now, now),
+        )
+
     def mark_ems_dead(self, em_ids: list[int]) -> None:
         """Mark workers dead, permanently."""
         self._conn.executemany(

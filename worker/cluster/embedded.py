@@ -134,11 +134,17 @@ class EmbeddedCluster:
         """Restart storage in place: a new session, in-memory state rebuilt from the database."""
         return self.storage.restart()
 
-    def storage_outage(self, seconds: float) -> None:
-        """Take the storage's gRPC server down for ``seconds`` (state kept: no new session)."""
+    def storage_outage(self, seconds: float, *, restart: bool = False) -> None:
+        """Take the storage's gRPC server down for ``seconds``; no reaper runs meanwhile.
+
+        ``restart=False`` keeps the state (no new session); ``restart=True`` comes back as a
+        restarted storage process would: a new session, state rebuilt from the database.
+        """
         port, hooks = self.storage_server.port, self.storage_server.hooks
         self.storage_server.stop(grace=0)
         time.sleep(seconds)
+        if restart:
+            self.storage.restart()
         self.storage_server = StorageServer(
             self.storage, listen(self.settings.host, port, STORAGE_THREADS), hooks=hooks
         )

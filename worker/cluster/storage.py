@@ -249,6 +249,9 @@ class StorageEngine:
 
     def _start_session(self) -> None:
         self.session_id = self.db.new_session()
+        # §8.2: a worker's silence counts from the restart, not from its last heartbeat before
+        # the outage; one that really died is reaped a cutoff after the restart.
+        self.db.raise_alive_heartbeats(self._clock())
         self._jobs.clear()
         self._instances.clear()
         for lane in self._lanes.values():

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.harness import TASKS_DIR, run_command, serve_cluster, stop_cluster, wait_for
+from tests.cluster.harness import (
+    E2E,
+    TASKS_DIR,
+    run_command,
+    serve_cluster,
+    stop_cluster,
+    wait_for,
+)
 from worker.cluster.processes import (
     WorkerProcess,
     command_line,
@@ -301,4 +308,105 @@ def test_cluster_names_a_database_it_cannot_open(
     assert capsys.readouterr().err == (
         f"cluster: cannot start: cannot open database {database}: No such file or directory"
         f" (creating {database}.lock)\n"
+    )
+
+
+def _start_submit(
+    tmp_path: Path, job: Path, port: int, *options: str
+) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``submit JOB --wait`` in the background; its stdout and stderr go to files."""
+    out, err = tmp_path / "submit.out", tmp_path / "submit.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "submit",
+                str(job),
+                "--port",
+                str(port),
+                "--wait",
+                *options,
+            ],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            env=worker_environment(),
+            cwd=tmp_path,
+        )
+    return process, out, err
+
+
+def _finished(process: subprocess.Popen[str], timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _notices(err: Path) -> list[str]:
+    lines = err.read_text().splitlines()
+    assert all(line.startswith("submit: ") for line in lines), lines
+    return lines
+
+
+def test_submit_wait_rides_out_a_storage_restart_and_follows_the_job(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    e2e.start_worker()
+    job = _job_file(
+        tmp_path / "slow.yaml",
+        [
+            {"name": f"t{i}", "module": "cluster_tasks", "function": "sleepy", "inputs": [0.3, i]}
+            for i in range(8)
+        ],
+    )
+    port = e2e.cluster.storage_port
+    submit, out, err = _start_submit(
+        tmp_path, job, port, "--timeout", "120", "--idle-hint-sec", "3"
+    )
+    try:
+        wait_for(lambda: out.read_text().strip().isdigit(), 60, "the job id")
+        job_id = int(out.read_text())
+        wait_for(lambda: sum(e2e.successes(job_id).values()) >= 2, 60, "some progress")
+        old_session = e2e.cluster.storage.session_id
+        e2e.cluster.storage_outage(1.5, restart=True)
+        code = _finished(submit, 120)
+    finally:
+        _finished(submit, 0)
+    assert code == 0, out.read_text() + err.read_text() + e2e.logs()
+    assert out.read_text().splitlines() == [
+        str(job_id),
+        f"job {job_id}: SUCCEEDED",
+        "outputs: " + ", ".join(str(i) for i in range(8)),
+    ]
+    notices = _notices(err)
+    assert f"submit: lost the storage at 127.0.0.1:{port} (UNAVAILABLE); reconnecting" in notices
+    assert any(
+        line.startswith(f"submit: storage at 127.0.0.1:{port} is back after ") for line in notices
+    )
+    assert (
+        f"submit: storage restarted (session {old_session} -> {old_session + 1}): "
+        f"job {job_id}'s unfinished tasks run again from its submission"
+    ) in notices
+    assert not any("no worker has asked" in line for line in notices), notices
+
+
+def test_submit_wait_says_when_no_worker_asks_for_work(e2e: E2E, tmp_path: Path) -> None:
+    job = _job_file(
+        tmp_path / "one.yaml", [{"name": "a", "module": "cluster_tasks", "function": "echo"}]
+    )
+    port = e2e.cluster.storage_port
+    submit, out, err = _start_submit(tmp_path, job, port, "--timeout", "4", "--idle-hint-sec", "1")
+    code = _finished(submit, 60)
+    assert code == 1, out.read_text() + err.read_text()
+    job_id = out.read_text().splitlines()[0]
+    assert out.read_text().splitlines()[1] == f"job {job_id}: still RUNNING after 4 s"
+    hints = [line for line in _notices(err) if "no worker has asked the scheduler" in line]
+    assert len(hints) == 1, err.read_text()
+    assert hints[0].endswith(
+        "is a worker running against this cluster (python -m worker --config FILE)?"
     )

@@ -31,7 +31,8 @@ def _session_of(port: int) -> int:
 
 def _one_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
-    assert stderr.endswith("\n") and stderr.count("\n") == 1, repr(stderr)
+    assert stderr.endswith("\n"), repr(stderr)
+    assert stderr.count("\n") == 1, repr(stderr)
     return stderr.rstrip("\n")
 
 
@@ -138,8 +139,15 @@ def test_every_start_up_failure_is_one_line_with_its_exit_code(tmp_path: Path) -
                     "cluster: cannot start: cannot listen on 256.1.1.1:0: bad address: ",
                 ),
                 (
-                    [*("cluster", "--storage-port", "0", "--scheduler-port", "0")]
-                    + ["--db", str(locked_db)],
+                    [
+                        "cluster",
+                        "--storage-port",
+                        "0",
+                        "--scheduler-port",
+                        "0",
+                        "--db",
+                        str(locked_db),
+                    ],
                     serve.EXIT_FAILED,
                     f"cluster: cannot start: database {locked_db} is in use by another cluster",
                 ),

@@ -27,6 +27,7 @@ from worker.cluster.servers import (
     listen,
     scheduler_threads,
 )
+from worker.cluster.status import ClusterStatus
 from worker.cluster.storage import JobState, StorageEngine, StorageSettings
 
 __all__ = ["ClusterSettings", "ClusterStartError", "EmbeddedCluster"]
@@ -83,7 +84,7 @@ class EmbeddedCluster:
             raise ClusterStartError(f"cannot open database {settings.database}: {error}") from None
         self._lock = lock
         storage_listener, scheduler_listener = listeners
-        self.storage_server = StorageServer(self.storage, storage_listener)
+        self.storage_server = StorageServer(self.storage, storage_listener, status=self.status)
         self.scheduler = SchedulerEngine(
             self.storage, settings.scheduler, host=settings.host, port=scheduler_listener.port
         )
@@ -128,6 +129,11 @@ class EmbeddedCluster:
         """Stop the cluster."""
         self.stop()
 
+    def status(self) -> ClusterStatus:
+        """The answer to the cluster status call (served on the storage port)."""
+        idle, outstanding = self.scheduler.poll_status()
+        return ClusterStatus(self.storage.session_id, idle, outstanding)
+
     # --- hooks ---
 
     def restart_storage(self) -> int:
@@ -145,9 +151,8 @@ class EmbeddedCluster:
         time.sleep(seconds)
         if restart:
             self.storage.restart()
-        self.storage_server = StorageServer(
-            self.storage, listen(self.settings.host, port, STORAGE_THREADS), hooks=hooks
-        )
+        listener = listen(self.settings.host, port, STORAGE_THREADS)
+        self.storage_server = StorageServer(self.storage, listener, hooks=hooks, status=self.status)
         self.storage_server.start()
 
     def restart_scheduler(self, downtime_sec: float = 0.0) -> int:

@@ -28,6 +28,7 @@ from worker.cluster.scheduler import (
     SchedulerEngine,
     SchedulerSettings,
 )
+from worker.cluster.status import ClusterStatus, status_handler
 from worker.cluster.storage import STORAGE_INTERNAL_ERROR, Lane, StorageEngine, StorageFault
 from worker.errors import Rpc, StatusCode
 from worker.model import TaskId
@@ -624,11 +625,17 @@ class StorageServer:
         engine: StorageEngine,
         listener: Listener,
         hooks: FaultHooks | None = None,
+        status: Callable[[], ClusterStatus] | None = None,
     ) -> None:
-        """Serve on ``listener`` (bound by :func:`listen`); serving starts with :meth:`start`."""
+        """Serve on ``listener`` (bound by :func:`listen`); serving starts with :meth:`start`.
+
+        ``status`` answers the cluster status call (:mod:`.status`) when given.
+        """
         self.engine = engine
         self.hooks = hooks or FaultHooks()
         self._server = listener.server
+        if status is not None:
+            self._server.add_generic_rpc_handlers((status_handler(status),))
         storage_pb2_grpc.add_TaskInstanceManagementServiceServicer_to_server(
             _TaskInstances(engine, self.hooks), self._server
         )

@@ -635,15 +635,15 @@ class StorageEngine:
                 # §8.4: the instance fails as if reported failed, so the job never hangs.
                 assert task_id.index is not None
                 name = job.spec.tasks[task_id.index].name
-                error = (
+                mismatch = (
                     f"output count mismatch: task {name} declared {task.declared_outputs} "
                     f"outputs, returned {len(outputs)}"
                 )
                 log.warning(
                     "output count mismatch", extra={"fields": {"job_id": job_id, "task": name}}
                 )
-                self._fail_instance(job, task, instance, error)
-                raise StorageFault(StatusCode.INVALID_ARGUMENT, error)
+                self._fail_instance(job, task, instance, mismatch)
+                raise StorageFault(StatusCode.INVALID_ARGUMENT, mismatch)
             self._instances.pop(instance.id, None)
             task.live.discard(instance.id)
             task.state = TaskState.SUCCEEDED

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 import msgpack
 import pytest
+import trio
 
 from tests.cluster.harness import wait_for
 from worker.cluster.codec import decode_task_outputs
@@ -386,3 +387,88 @@ def test_an_engine_bug_is_internal_and_the_service_keeps_serving(
             _register_task(stubs, 1, common_pb2.TaskId(index=0), em_id, session)
         assert caught.value.code() == grpc.StatusCode.INTERNAL
         assert caught.value.details() == "storage service internal error"
+
+
+def _long_polls(stubs: Stubs, em_ids: list[int], per_worker: int) -> list[grpc.Future]:
+    """``per_worker`` concurrent 30 s ``NextTask`` long polls from each worker."""
+    return [
+        stubs.scheduler.NextTask.future(
+            scheduler_pb2.NextTaskRequest(execution_manager_id=em_id, wait_time_ms=30_000),
+            timeout=60,
+        )
+        for em_id in em_ids
+        for _ in range(per_worker)
+    ]
+
+
+def _heartbeats(stubs: Stubs, em_id: int) -> None:
+    """Both heartbeats of a worker, each with a 5 s deadline (long polls last 30 s)."""
+    stubs.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(execution_manager_id=em_id), timeout=5)
+    stubs.liveness.UpdateExecutionManagerHeartbeat(
+        storage_pb2.ExecutionManagerIdRequest(execution_manager_id=em_id), timeout=5
+    )
+
+
+async def test_80_concurrent_long_polls_leave_heartbeats_prompt_and_all_get_work(
+    cluster: EmbeddedCluster, stubs: Stubs
+) -> None:
+    workers, slots = 20, 4
+    em_ids = [stubs.register()[0] for _ in range(workers)]
+    session = cluster.storage.session_id
+    polls = _long_polls(stubs, em_ids, slots)
+    try:
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(
+                wait_for,
+                lambda: cluster.scheduler.waiting_polls == workers * slots,
+                60,
+                "every long poll to wait",
+            )
+            # Every long poll holds a server thread; heartbeats and a job call still answer.
+            for em_id in em_ids:
+                await trio.to_thread.run_sync(_heartbeats, stubs, em_id)
+            job = JobBuilder("wide")
+            for index in range(workers * slots):
+                job.task(f"t{index}", "m", "f", [index])
+            job_id = cluster.submit(job.build())
+            replies = [await trio.to_thread.run_sync(poll.result) for poll in polls]
+    finally:
+        for poll in polls:
+            poll.cancel()
+    assert all(reply.WhichOneof("result") == "assignment" for reply in replies)
+    # Each worker got one assignment per concurrent poll and runs all of them at once.
+    outstanding = cluster.scheduler.outstanding()
+    assert {em_id: len(outstanding[em_id]) for em_id in em_ids} == dict.fromkeys(em_ids, slots)
+    for em_id, reply in zip([e for e in em_ids for _ in range(slots)], replies, strict=True):
+        _register_task(stubs, job_id, reply.assignment.task_id, em_id, session)
+    owners = [owner for owner, _, _ in cluster.storage.live_instances().values()]
+    assert sorted(owners) == sorted(em_id for em_id in em_ids for _ in range(slots))
+
+
+async def test_long_polls_beyond_the_limit_are_refused_at_once_and_heartbeats_still_answer() -> (
+    None
+):
+    settings = ClusterSettings(scheduler=SchedulerSettings(max_long_polls=4))
+    with EmbeddedCluster(settings) as cluster:
+        stubs = Stubs(cluster)
+        try:
+            em_id, _ = stubs.register()
+            polls = _long_polls(stubs, [em_id], 4)
+            try:
+                with trio.fail_after(60):
+                    await trio.to_thread.run_sync(
+                        wait_for, lambda: cluster.scheduler.waiting_polls == 4, 60, "4 long polls"
+                    )
+                    started = time.monotonic()
+                    refused = await trio.to_thread.run_sync(
+                        _code, lambda: stubs.next_task(em_id, 30_000)
+                    )
+                    assert refused is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() - started < 10  # refused, not queued for 30 s
+                    await trio.to_thread.run_sync(_heartbeats, stubs, em_id)
+                    assert cluster.scheduler.waiting_polls == 4
+            finally:
+                for poll in polls:
+                    poll.cancel()
+        finally:
+            stubs.close()

@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-retention-sec", type=float, default=300.0)
     parser.add_argument("--dead-em-cutoff-sec", type=float, default=10.0, help="scheduler")
     parser.add_argument("--liveness-interval-ms", type=int, default=250, help="scheduler")
+    parser.add_argument(
+        "--max-long-polls",
+        type=int,
+        default=SchedulerSettings().max_long_polls,
+        help="NextTask calls that may wait at once: at least workers x slots (1024)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser
 
@@ -60,6 +66,7 @@ def _problem(args: argparse.Namespace) -> str | None:
         ("--job-retention-sec", args.job_retention_sec),
         ("--dead-em-cutoff-sec", args.dead_em_cutoff_sec),
         ("--liveness-interval-ms", args.liveness_interval_ms),
+        ("--max-long-polls", args.max_long_polls),
     ):
         if not number > 0:
             return f"{option} must be > 0, got {number:g}"
@@ -90,6 +97,7 @@ def main(argv: Sequence[str]) -> int:
         scheduler=SchedulerSettings(
             dead_em_cutoff_sec=args.dead_em_cutoff_sec,
             liveness_tracking_interval_ms=args.liveness_interval_ms,
+            max_long_polls=args.max_long_polls,
         ),
     )
     try:

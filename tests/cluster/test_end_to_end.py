@@ -15,11 +15,11 @@ import msgpack
 import pytest
 
 from tests.cluster.harness import E2E, TASKS_DIR, sleepy_job, wait_for
-from worker.cluster.codec import decode_task_outputs
 from worker.cluster.jobs import JobBuilder, TaskTimeouts, ref
 from worker.cluster.processes import worker_environment
 from worker.cluster.storage import JobState
 from worker.examples.fibonacci_tasks import fibonacci
+from worker.executor.wire import decode_graph_outputs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ def test_a_200_task_job_on_three_workers_succeeds_each_task_once(e2e: E2E) -> No
     assert e2e.wait_job(job_id) is JobState.SUCCEEDED
     _assert_each_succeeded_once(e2e, job_id)
     assert len(e2e.successes(job_id)) == 200
-    outputs = decode_task_outputs(e2e.cluster.storage.job_outputs(job_id))
+    outputs = decode_graph_outputs(e2e.cluster.storage.job_outputs(job_id))
     sinks = [msgpack.unpackb(p) for p in outputs]
     assert sinks[-1] == sum(range(0, 199, 10))
     # Every worker took part, and no acknowledgement went missing or was doubled.

@@ -11,13 +11,13 @@ import pytest
 import trio
 
 from tests.cluster.harness import wait_for
-from worker.cluster.codec import decode_task_outputs
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import JobBuilder, encode_job
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.servers import Delay, Fail, FaultHooks, Malformed
 from worker.cluster.storage import JobState
 from worker.errors import StatusCode
+from worker.executor.wire import decode_graph_outputs
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
@@ -142,7 +142,7 @@ def test_full_cycle_over_grpc_with_index_zero_and_commit(
     commit_context = _register_task(
         stubs, job_id, commit.assignment.task_id, em_id, session
     ).execution_context
-    assert decode_task_outputs(commit_context.serialized_task_io) == [msgpack.packb(7)]
+    assert decode_graph_outputs(commit_context.serialized_task_io) == [msgpack.packb(7)]
     stubs.instances.ReportTaskSuccess(
         storage_pb2.ReportTaskSuccessRequest(
             job_id=job_id,

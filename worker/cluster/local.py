@@ -24,14 +24,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.cluster.codec import FrameError, decode_output_values
 from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
 from worker.cluster.hardening import harden_this_process
 from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.processes import WorkerProcess
 from worker.cluster.scheduler import SchedulerSettings
-from worker.cluster.storage import JobState, StorageSettings
+from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
 from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
+from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 
 __all__ = ["EXIT_CODES", "LocalRun", "main", "run_local"]
 
@@ -102,8 +102,8 @@ def _sink_outputs(cluster: EmbeddedCluster, job_id: int) -> list[Any]:
     if not raw:
         return []
     try:
-        return decode_output_values(raw)
-    except FrameError:
+        return decode_graph_output_values(raw, max_bytes=JOB_OUTPUTS_MAX_BYTES)
+    except GraphOutputsDecodeError:
         return ["<undecodable>"]
 
 

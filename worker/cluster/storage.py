@@ -20,13 +20,6 @@ from typing import Final
 
 import attrs
 
-from worker.cluster.codec import (
-    FrameError,
-    decode_frame,
-    decode_task_outputs,
-    encode_frame,
-    encode_task_outputs,
-)
 from worker.cluster.db import Database, JobRow, TaskRow
 from worker.cluster.jobs import (
     AuxTask,
@@ -39,10 +32,18 @@ from worker.cluster.jobs import (
     encode_job,
 )
 from worker.errors import StatusCode
+from worker.executor.wire import (
+    FrameDecodeError,
+    decode_frame,
+    decode_graph_outputs,
+    encode_frame,
+    encode_graph_outputs,
+)
 from worker.model import TaskId, TaskKind
 
 __all__ = [
     "DEFAULT_RESOURCE_GROUP",
+    "JOB_OUTPUTS_MAX_BYTES",
     "STORAGE_INTERNAL_ERROR",
     "ContextInfo",
     "JobState",
@@ -58,6 +59,8 @@ log = logging.getLogger("worker.cluster.storage")
 
 #: External id of the single built-in resource group (any password is accepted).
 DEFAULT_RESOURCE_GROUP = "default"
+#: The largest decompressed job outputs storage and its clients accept (a zstd-bomb bound).
+JOB_OUTPUTS_MAX_BYTES: Final = 256 * 1024 * 1024
 #: The details of every ``INTERNAL`` answer of ``TaskInstanceManagementService`` (§8.3).
 STORAGE_INTERNAL_ERROR = "storage service internal error"
 
@@ -200,6 +203,12 @@ class _Job:
 
 def _task_key(task_id: TaskId) -> str:
     return f"index:{task_id.index}" if task_id.kind is TaskKind.INDEX else task_id.kind.value
+
+
+def _encode_job_outputs(payloads: list[bytes]) -> bytes:
+    """Job outputs as SerializedTaskOutputs in Spider's storage form: above the 1024-byte rule a
+    zstd frame without a content size, so the worker's decoder is exercised on that form."""
+    return encode_graph_outputs(payloads, content_size=False)
 
 
 _LANE_OF_KIND: Final = {
@@ -575,7 +584,7 @@ class StorageEngine:
     def _task_io(self, job: _Job, task: _Task) -> bytes:
         kind = task.task_id.kind
         if kind is TaskKind.COMMIT:
-            return encode_task_outputs(self._job_output_payloads(job))
+            return _encode_job_outputs(self._job_output_payloads(job))
         if kind is TaskKind.CLEANUP:
             return b""
         assert task.task_id.index is not None
@@ -591,7 +600,7 @@ class StorageEngine:
 
     def _job_output_payloads(self, job: _Job) -> list[bytes]:
         if job.outputs is not None:
-            return decode_task_outputs(job.outputs)
+            return decode_graph_outputs(job.outputs, max_bytes=JOB_OUTPUTS_MAX_BYTES)
         payloads: list[bytes] = []
         for index in job.spec.sink_indices:
             outputs = job.tasks[index].outputs
@@ -625,7 +634,7 @@ class StorageEngine:
             if task_id.kind is TaskKind.INDEX:
                 try:
                     outputs = decode_frame(serialized_outputs)
-                except FrameError as error:
+                except FrameDecodeError as error:
                     raise StorageFault(
                         StatusCode.INVALID_ARGUMENT, f"malformed outputs: {error}"
                     ) from error
@@ -665,7 +674,7 @@ class StorageEngine:
             if child.waiting_parents == 0 and child.state is TaskState.PENDING:
                 self._make_ready(job, child)
         if job.succeeded == len(job.tasks):
-            job.outputs = encode_task_outputs(self._job_output_payloads(job))
+            job.outputs = _encode_job_outputs(self._job_output_payloads(job))
             if job.commit is not None:
                 job.state = JobState.COMMIT_READY
                 self.db.set_job_state(job.id, job.state, outputs=job.outputs)

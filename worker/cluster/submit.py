@@ -21,12 +21,8 @@ import grpc
 from worker.cluster.jobs import JobError, encode_job, load_job_file
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.status import fetch_status
-from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JobState
-from worker.executor.wire import (
-    GraphOutputsDecodeError,
-    decode_graph_outputs,
-    decode_graph_payloads,
-)
+from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JOB_OUTPUTS_MAX_BYTES, JobState
+from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
 
@@ -211,7 +207,9 @@ class _Follower:
             if state is JobState.SUCCEEDED:
                 raw = self._call(lambda: self._jobs.GetJobOutputs(request, timeout=10))
                 try:
-                    values = decode_graph_payloads(decode_graph_outputs(raw.serialized_outputs))
+                    values = decode_graph_output_values(
+                        raw.serialized_outputs, max_bytes=JOB_OUTPUTS_MAX_BYTES
+                    )
                 except GraphOutputsDecodeError:
                     values = ["<undecodable>"]
                 print("outputs: " + ", ".join(repr(v) for v in values))

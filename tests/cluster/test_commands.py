@@ -261,10 +261,45 @@ def test_submit_names_the_problem_for_a_bad_file_and_an_unreachable_storage(
     assert unreachable.stderr.count("\n") == 1, unreachable.stderr
 
 
+def test_local_writes_the_slots_into_every_worker_config(tmp_path: Path) -> None:
+    job = _job_file(
+        tmp_path / "two.yaml",
+        [
+            {"name": "a", "module": "cluster_tasks", "function": "echo", "inputs": [1]},
+            {"name": "b", "module": "cluster_tasks", "function": "echo", "inputs": [2]},
+        ],
+    )
+    work = tmp_path / "work"
+    done = run_command(
+        [
+            "local",
+            str(job),
+            "--workers",
+            "2",
+            "--slots",
+            "3",
+            "--workdir",
+            str(work),
+            "--no-progress",
+            "--heartbeat-sec",
+            "0.2",
+            "--poll-wait-ms",
+            "200",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    configs = sorted(work.glob("worker-*.yaml"))
+    assert [path.name for path in configs] == ["worker-1.yaml", "worker-2.yaml"]
+    for path in configs:
+        assert yaml.safe_load(path.read_text(encoding="utf-8"))["slots"] == 3
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
         (["--workers", "0"], "local: --workers must be at least 1"),
+        (["--slots", "0"], "local: --slots must be at least 1"),
         (["--timeout", "0"], "local: --timeout must be > 0"),
         (["--poll-wait-ms", "-1"], "local: --poll-wait-ms must be >= 0"),
         (["--heartbeat-sec", "0"], "local: --heartbeat-sec must be > 0"),

@@ -158,6 +158,11 @@ def test_every_start_up_failure_is_one_line_with_its_exit_code(tmp_path: Path) -
                     "/nonexistent/dir/x.db: No such file or directory",
                 ),
                 (
+                    ["local", str(job), "--workdir", "/proc/no/such/dir"],
+                    local.EXIT_USAGE,
+                    "local: cannot create --workdir /proc/no/such/dir: No such file or directory",
+                ),
+                (
                     ["local", str(job), "--db", str(locked_db)],
                     local.EXIT_START_FAILED,
                     f"local: cannot start the cluster: database {locked_db} is in use",

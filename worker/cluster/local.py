@@ -323,6 +323,14 @@ def main(argv: Sequence[str]) -> int:
     except JobError as error:
         print(f"local: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(
+                f"local: cannot create --workdir {args.workdir}: {error.strerror}", file=sys.stderr
+            )
+            return EXIT_USAGE
     harden_this_process()
     # SIGTERM behaves like Ctrl-C, so the finally blocks stop every worker.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -36,7 +36,8 @@ __all__ = ["ClusterSettings", "ClusterStartError", "EmbeddedCluster"]
 class ClusterStartError(Exception):
     """The cluster cannot start: a port is taken or unbindable, or the database is unusable.
 
-    The message is one line naming the address or the file; nothing was read or written.
+    The message is one line naming the address or the file. A taken port or database is found
+    before the database is opened, so a running cluster's file is never touched.
     """
 
 

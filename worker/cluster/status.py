@@ -37,6 +37,7 @@ class ClusterStatus:
     outstanding: int
 
 
+#: Unknown keys are ignored, so a newer cluster may add fields without breaking older clients.
 _converter = cattrs.Converter(forbid_extra_keys=False)
 
 

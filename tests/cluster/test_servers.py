@@ -15,6 +15,7 @@ from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import JobBuilder, encode_job
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.servers import Delay, Fail, FaultHooks, Malformed
+from worker.cluster.status import fetch_status
 from worker.cluster.storage import JobState
 from worker.errors import StatusCode
 from worker.executor.wire import decode_graph_outputs
@@ -472,3 +473,22 @@ async def test_long_polls_beyond_the_limit_are_refused_at_once_and_heartbeats_st
                     poll.cancel()
         finally:
             stubs.close()
+
+
+def test_the_status_call_answers_on_storage_and_is_unimplemented_elsewhere(
+    cluster: EmbeddedCluster, stubs: Stubs
+) -> None:
+    status = fetch_status(stubs.storage_channel, timeout_sec=TIMEOUT)
+    assert status is not None
+    assert status.session_id == cluster.storage.session_id
+    assert status.outstanding == 0
+    assert status.idle_poll_sec >= 0
+    em_id, _ = stubs.register()
+    cluster.submit(JobBuilder("s").task("a", "m", "f", [1]).build())
+    assert stubs.next_task(em_id, 5000).WhichOneof("result") == "assignment"
+    status = fetch_status(stubs.storage_channel, timeout_sec=TIMEOUT)
+    assert status is not None
+    assert status.outstanding == 1
+    assert status.idle_poll_sec < 5
+    # A server without the method (here: the scheduler's port) means "no status", not an error.
+    assert fetch_status(stubs.scheduler_channel, timeout_sec=TIMEOUT) is None

@@ -2,8 +2,7 @@
 
 A benchmark is a module ``bench/<name>.py`` with a ``main(argv: list[str]) -> int`` that prints
 a markdown table. Modules are found by name, so adding one needs no change here. Options after
-the names (from the first argument that starts with ``-``) go to each named benchmark, e.g.
-``python -m bench versus_celery --tasks 500 --rounds 5``.
+the names go to each named benchmark, e.g. ``python -m bench cluster --slots 1,2,4``.
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     """Run the named benchmarks, or all of them, and return the worst exit code."""
     here = Path(__file__).resolve().parent
-    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
-    named, options = argv[:split], argv[split:]
-    names = named or sorted(
+    first_option = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:first_option], argv[first_option:]
+    names = names or sorted(
         info.name for info in pkgutil.iter_modules([str(here)]) if not info.name.startswith("_")
     )
     worst = 0

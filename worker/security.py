@@ -3,7 +3,7 @@
 * ``make_non_dumpable`` marks the calling process non-dumpable (Linux ``PR_SET_DUMPABLE`` 0):
   other processes of the same non-root user, task code included, can then neither read its
   ``/proc/<pid>/environ`` or memory nor attach a debugger to it, and it writes no core dump.
-  The worker calls it first thing; ``local`` and ``cluster`` must call it too.
+  The worker, ``local`` and ``cluster`` call it first thing.
 * ``first_unreadable`` tells whether another user could read a path (config checks of
   ``task_executor.run_as``).
 

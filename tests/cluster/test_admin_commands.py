@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import wait_for
-from tests.cluster.test_commands import _job_file, _run, _serve, _stop, _worker_config
+from tests.cluster.harness import run_command, serve_cluster, stop_cluster, wait_for
+from tests.cluster.test_commands import _job_file, _worker_config
 from worker.cluster.processes import WorkerProcess, worker_environment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -25,17 +25,17 @@ TIMEOUT = 120.0
 
 @contextmanager
 def cluster_and_worker(tmp_path: Path) -> Iterator[tuple[int, WorkerProcess]]:
-    server, storage_port, scheduler_port, _ = _serve(tmp_path)
+    server, storage_port, scheduler_port, _ = serve_cluster(tmp_path)
     worker = WorkerProcess("worker", _worker_config(storage_port, scheduler_port), tmp_path)
     try:
         yield storage_port, worker
     finally:
         worker.close()
-        _stop(server)
+        stop_cluster(server)
 
 
 def admin(tmp_path: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run([*args, "--port", str(port)], tmp_path)
+    return run_command([*args, "--port", str(port)], tmp_path)
 
 
 def admin_json(tmp_path: Path, port: int, *args: str) -> Any:
@@ -46,7 +46,7 @@ def admin_json(tmp_path: Path, port: int, *args: str) -> Any:
 
 
 def submit(tmp_path: Path, port: int, job: Path) -> int:
-    done = _run(["submit", str(job), "--port", str(port)], tmp_path)
+    done = run_command(["submit", str(job), "--port", str(port)], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     return int(done.stdout.strip())
 
@@ -214,7 +214,7 @@ def test_errors_are_one_line_on_stderr(tmp_path: Path) -> None:
     assert unreachable.stdout == ""
     assert unreachable.stderr.startswith(f"jobs: storage at 127.0.0.1:{port}: UNAVAILABLE")
     assert len(unreachable.stderr.splitlines()) == 1
-    usage = _run(["status", "not-a-number"], tmp_path)
+    usage = run_command(["status", "not-a-number"], tmp_path)
     assert usage.returncode == 2
     assert usage.stdout == ""
 
@@ -224,7 +224,7 @@ def test_status_watch_rides_out_a_storage_restart(tmp_path: Path) -> None:
         tmp_path / "slow.yaml",
         [{"name": "slow", "module": "cluster_tasks", "function": "sleepy", "inputs": [2, 5]}],
     )
-    server, storage_port, scheduler_port, _ = _serve(tmp_path)
+    server, storage_port, scheduler_port, _ = serve_cluster(tmp_path)
     worker = WorkerProcess("worker", _worker_config(storage_port, scheduler_port), tmp_path)
     watch: subprocess.Popen[str] | None = None
     try:
@@ -249,9 +249,9 @@ def test_status_watch_rides_out_a_storage_restart(tmp_path: Path) -> None:
         reader = threading.Thread(target=lambda: errors.extend(stderr), daemon=True)
         reader.start()
         # Storage goes away (and its session with it), then comes back on the same ports.
-        assert _stop(server) == 0
+        assert stop_cluster(server) == 0
         wait_for(lambda: any("reconnecting" in line for line in errors), TIMEOUT, "a reconnect")
-        server, _, _, session = _serve(tmp_path, str(storage_port), str(scheduler_port))
+        server, _, _, session = serve_cluster(tmp_path, str(storage_port), str(scheduler_port))
         assert session == 2
         rest = stdout.read()  # until the watch exits (the test's own timeout bounds it)
         watch.wait(timeout=TIMEOUT)
@@ -266,4 +266,4 @@ def test_status_watch_rides_out_a_storage_restart(tmp_path: Path) -> None:
             watch.kill()
             watch.wait(10)
         worker.close()
-        _stop(server)
+        stop_cluster(server)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import TASKS_DIR, wait_for
-from tests.cluster.test_commands import _job_file, _run, _serve, _stop, _worker_config
+from tests.cluster.harness import TASKS_DIR, run_command, serve_cluster, stop_cluster, wait_for
+from tests.cluster.test_commands import _job_file, _worker_config
 from tests.metrics.scraping import get, scrape
 from worker.cluster.db import Database
 from worker.cluster.jobs import JobBuilder
@@ -90,7 +90,9 @@ def test_collector_follows_jobs_assignments_acks_and_workers() -> None:
 
 
 def test_cluster_metrics_port_serves_a_running_cluster(tmp_path: Path) -> None:
-    server, storage_port, scheduler_port, _ = _serve(tmp_path, options=("--metrics-port", "0"))
+    server, storage_port, scheduler_port, _ = serve_cluster(
+        tmp_path, options=("--metrics-port", "0")
+    )
     worker = WorkerProcess("worker", _worker_config(storage_port, scheduler_port), tmp_path)
     try:
         assert server.stdout is not None
@@ -103,7 +105,7 @@ def test_cluster_metrics_port_serves_a_running_cluster(tmp_path: Path) -> None:
             tmp_path / "one.yaml",
             [{"name": "a", "module": "cluster_tasks", "function": "echo", "inputs": [7]}],
         )
-        done = _run(["submit", str(job), "--port", str(storage_port), "--wait"], tmp_path)
+        done = run_command(["submit", str(job), "--port", str(storage_port), "--wait"], tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr + worker.log_text()
 
         def acknowledged() -> bool:
@@ -116,7 +118,7 @@ def test_cluster_metrics_port_serves_a_running_cluster(tmp_path: Path) -> None:
         assert samples[("cluster_workers", one(state="alive"))] == 1
     finally:
         worker.close()
-        assert _stop(server) == 0
+        assert stop_cluster(server) == 0
 
 
 def test_a_taken_metrics_port_is_one_line_on_stderr_and_exit_1(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from worker.cluster.codec import FrameError, decode_output_values
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
+from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES
+from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.admin import admin_pb2, admin_pb2_grpc
 
 __all__ = ["cancel_main", "jobs_main", "result_main", "status_main", "workers_main"]
@@ -438,8 +439,10 @@ def result_main(argv: Sequence[str]) -> int:
                 raise _Failed(f"job {job.job_id} {job.state}{why}", EXIT_JOB)
             raise _Failed(f"job {job.job_id} is {job.state}: no result yet", EXIT_JOB)
         try:
-            values = decode_output_values(reply.serialized_outputs)
-        except FrameError as error:
+            values = decode_graph_output_values(
+                reply.serialized_outputs, max_bytes=JOB_OUTPUTS_MAX_BYTES
+            )
+        except GraphOutputsDecodeError as error:
             raise _Failed(f"job {job.job_id}: undecodable outputs: {error}", EXIT_JOB) from error
         if args.json:
             _print_json({"job_id": job.job_id, "state": job.state, "outputs": _jsonable(values)})

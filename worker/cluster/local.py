@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -23,13 +24,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.cluster.codec import FrameError, decode_output_values
-from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
 from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.processes import WorkerProcess
 from worker.cluster.scheduler import SchedulerSettings
-from worker.cluster.storage import JobState, StorageSettings
+from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
 from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
+from worker.security import make_non_dumpable
+from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 
 __all__ = ["EXIT_CODES", "LocalRun", "main", "run_local"]
 
@@ -38,6 +40,7 @@ EXIT_JOB_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_TIMEOUT: Final = 3
 EXIT_NO_WORKERS: Final = 4
+EXIT_START_FAILED: Final = 5
 EXIT_INTERRUPTED: Final = 130
 #: How long worker processes get to start and register before the job is submitted anyway.
 BOOT_TIMEOUT_SEC: Final = 60.0
@@ -49,6 +52,7 @@ EXIT_CODES: Final = {
     EXIT_USAGE: "bad command line or job file",
     EXIT_TIMEOUT: "the job did not finish within --timeout",
     EXIT_NO_WORKERS: "every worker exited before the job finished",
+    EXIT_START_FAILED: "the cluster could not start (database unusable or locked)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -79,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "jobfile", nargs="?", type=Path, help="YAML job file (default: the bundled example)"
     )
     parser.add_argument("--workers", "-n", type=int, default=2, help="worker processes (2)")
+    parser.add_argument("--slots", type=int, default=1, help="tasks each worker runs at once (1)")
     parser.add_argument("--db", type=Path, help="SQLite database (default: a temporary file)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
     parser.add_argument(
@@ -97,8 +102,8 @@ def _sink_outputs(cluster: EmbeddedCluster, job_id: int) -> list[Any]:
     if not raw:
         return []
     try:
-        return decode_output_values(raw)
-    except FrameError:
+        return decode_graph_output_values(raw, max_bytes=JOB_OUTPUTS_MAX_BYTES)
+    except GraphOutputsDecodeError:
         return ["<undecodable>"]
 
 
@@ -118,13 +123,17 @@ def run_local(
     workers: int,
     timeout_sec: float,
     workdir: Path,
+    slots: int = 1,
     database: Path | None = None,
     poll_wait_ms: int = 1000,
     heartbeat_sec: float = 1.0,
     console: Console | None = None,
     progress: bool = True,
 ) -> LocalRun:
-    """Run ``job`` on an embedded cluster with ``workers`` worker processes."""
+    """Run ``job`` on an embedded cluster with ``workers`` worker processes of ``slots`` slots.
+
+    Raises :class:`ClusterStartError` when the cluster cannot start (nothing else started).
+    """
     console = console or Console(stderr=True)
     settings = ClusterSettings(
         database=database or workdir / "cluster.db",
@@ -139,7 +148,10 @@ def run_local(
     with EmbeddedCluster(settings) as cluster:
         try:
             config = cluster.worker_config(
-                package_dir, poll_wait_ms=poll_wait_ms, heartbeat_sec=heartbeat_sec
+                package_dir,
+                poll_wait_ms=poll_wait_ms,
+                heartbeat_sec=heartbeat_sec,
+                extra={"slots": slots},
             )
             known = {row.id for row in cluster.storage.db.ems()}  # a reused --db has old rows
             for number in range(workers):
@@ -296,6 +308,7 @@ def main(argv: Sequence[str]) -> int:
         message
         for bad, message in (
             (args.workers < 1, "--workers must be at least 1"),
+            (args.slots < 1, "--slots must be at least 1"),
             (args.timeout <= 0, "--timeout must be > 0"),
             (args.poll_wait_ms < 0, "--poll-wait-ms must be >= 0"),
             (args.heartbeat_sec <= 0, "--heartbeat-sec must be > 0"),
@@ -303,13 +316,22 @@ def main(argv: Sequence[str]) -> int:
         if bad
     ]
     if problems:
-        console.print(f"local: {problems[0]}", markup=False)
+        print(f"local: {problems[0]}", file=sys.stderr)
         return EXIT_USAGE
     try:
         job = load_job_file(args.jobfile or FIBONACCI_JOB)
     except JobError as error:
-        console.print(f"local: {error}", markup=False)
+        print(f"local: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(
+                f"local: cannot create --workdir {args.workdir}: {error.strerror}", file=sys.stderr
+            )
+            return EXIT_USAGE
+    make_non_dumpable()
     # SIGTERM behaves like Ctrl-C, so the finally blocks stop every worker.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -319,6 +341,7 @@ def main(argv: Sequence[str]) -> int:
                 workers=args.workers,
                 timeout_sec=args.timeout,
                 workdir=workdir,
+                slots=args.slots,
                 database=args.db,
                 poll_wait_ms=args.poll_wait_ms,
                 heartbeat_sec=args.heartbeat_sec,
@@ -326,7 +349,10 @@ def main(argv: Sequence[str]) -> int:
                 progress=not args.no_progress,
             )
             _summary(run, console, job, args.workdir)
+    except ClusterStartError as error:
+        print(f"local: cannot start the cluster: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
     except KeyboardInterrupt:
-        console.print("local: interrupted; workers stopped")
+        print("local: interrupted; workers stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     return run.exit_code

@@ -9,16 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import StorageSettings
+from worker.security import make_non_dumpable
 
 __all__ = ["DEFAULT_SCHEDULER_PORT", "DEFAULT_STORAGE_PORT", "main"]
 
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-retention-sec", type=float, default=300.0)
     parser.add_argument("--dead-em-cutoff-sec", type=float, default=10.0, help="scheduler")
     parser.add_argument("--liveness-interval-ms", type=int, default=250, help="scheduler")
+    parser.add_argument(
+        "--max-long-polls",
+        type=int,
+        default=SchedulerSettings().max_long_polls,
+        help="NextTask calls that may wait at once: at least workers x slots (1024)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     parser.add_argument(
         "--metrics-port",
@@ -68,6 +74,7 @@ def _problem(args: argparse.Namespace) -> str | None:
         ("--job-retention-sec", args.job_retention_sec),
         ("--dead-em-cutoff-sec", args.dead_em_cutoff_sec),
         ("--liveness-interval-ms", args.liveness_interval_ms),
+        ("--max-long-polls", args.max_long_polls),
     ):
         if not number > 0:
             return f"{option} must be > 0, got {number:g}"
@@ -79,8 +86,9 @@ def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     problem = _problem(args)
     if problem is not None:
-        print(f"cluster: {problem}")
+        print(f"cluster: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    make_non_dumpable()
     metrics = None
     if args.metrics_port is not None:  # bound first: a taken port starts nothing
         from worker.cluster.metrics import ClusterMetricsEndpoint
@@ -107,12 +115,13 @@ def main(argv: Sequence[str]) -> int:
         scheduler=SchedulerSettings(
             dead_em_cutoff_sec=args.dead_em_cutoff_sec,
             liveness_tracking_interval_ms=args.liveness_interval_ms,
+            max_long_polls=args.max_long_polls,
         ),
     )
     try:
         cluster = EmbeddedCluster(settings)
-    except (OSError, sqlite3.Error) as error:
-        print(f"cluster: cannot start: {error} (database {args.db})")
+    except ClusterStartError as error:
+        print(f"cluster: cannot start: {error}", file=sys.stderr)
         if metrics is not None:
             metrics.close()
         return EXIT_FAILED

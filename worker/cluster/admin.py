@@ -19,10 +19,7 @@ import grpc
 
 from worker.cluster.db import JobRow, TaskRow
 from worker.cluster.jobs import Job, JobError, decode_job
-
-# Storage's own key of a task (index:N, commit, cleanup), so both always agree.
-from worker.cluster.storage import JobState, StorageEngine, StorageFault
-from worker.cluster.storage import _task_key as task_key
+from worker.cluster.storage import JobState, StorageEngine, StorageFault, task_key
 from worker.transport._generated.admin import admin_pb2, admin_pb2_grpc
 
 __all__ = ["ClusterAdmin", "add_admin_service"]

@@ -53,6 +53,7 @@ __all__ = [
     "StorageFault",
     "StorageSettings",
     "TaskState",
+    "task_key",
 ]
 
 log = logging.getLogger("worker.cluster.storage")
@@ -176,7 +177,7 @@ class _Task:
 
     @property
     def key(self) -> str:
-        return _task_key(self.task_id)
+        return task_key(self.task_id)
 
 
 @attrs.define(slots=True)
@@ -201,7 +202,7 @@ class _Job:
         return self.commit if task_id.kind is TaskKind.COMMIT else self.cleanup
 
 
-def _task_key(task_id: TaskId) -> str:
+def task_key(task_id: TaskId) -> str:
     return f"index:{task_id.index}" if task_id.kind is TaskKind.INDEX else task_id.kind.value
 
 

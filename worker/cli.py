@@ -1,7 +1,7 @@
-"""Command-line dispatch for ``python -m worker``: argument routing and exit codes only.
+"""Command-line dispatch for ``python -m worker`` and ``spider-worker``: routing and exit codes.
 
-Each command lives in its own module and is imported only when used, so ``--help`` and a bad
-command line stay fast and a command's dependencies load only for that command:
+Each command lives in its own module with its own parser and is imported only when used, so
+``--help``, ``--version`` and a bad command line stay fast (no trio, no grpc):
 
 * ``python -m worker --config FILE`` (or ``-c FILE``): run one worker against a cluster;
 * ``python -m worker local [JOBFILE] [--workers N]``: the embedded default;
@@ -10,21 +10,30 @@ command line stay fast and a command's dependencies load only for that command:
 * ``python -m worker jobs | status JOB [--watch] | result JOB | cancel JOB | workers``: look at
   and steer a running cluster;
 * ``python -m worker diagram``: regenerate the statecharts.
+
+Usage and errors go to stderr; a usage error exits 2. Output cut short by a closed pipe
+(``... | head -1``) ends quietly with exit code 141, as if killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["COMMANDS", "EXIT_CONFIG", "main"]
+from worker.command_line import add_log_level, add_worker_options, invoked_prog, wrap
+
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_CONFIG", "main", "version"]
 
 EXIT_CONFIG: Final = 2
+#: What a shell reports for a process killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE: Final = 141
 
 #: Subcommand name -> (``module:function`` taking the remaining argv and returning an exit code,
-#: one-line summary).
+#: one-line summary). Each command names itself ``<program as invoked> <command>``.
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "local": ("worker.cluster.local:main", "run a job on an embedded local cluster"),
     "cluster": ("worker.cluster.serve:main", "serve the reference scheduler and storage"),
@@ -40,50 +49,124 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 #: ``python -m worker --config FILE``: the one worker process.
 WORKER_COMMAND: Final = "worker.service:main"
 
-_USAGE = """usage: python -m worker (--config FILE | COMMAND [ARGS...])
+#: Options of the top level that take a value (to find where a command's own arguments start).
+_VALUE_OPTIONS: Final = frozenset({"-c", "--config", "--log-level"})
 
-Run one worker:
-  python -m worker --config FILE   (or -c FILE)
-
-Commands:
-{commands}
-
-Run `python -m worker COMMAND --help` for a command's options.
-"""
+_Command = Callable[[Sequence[str]], int]
 
 
-def _load(target: str) -> Callable[[Sequence[str]], int]:
-    module_name, _, function_name = target.partition(":")
-    function: Callable[[Sequence[str]], int] = getattr(
-        importlib.import_module(module_name), function_name
+def version() -> str:
+    """The installed version: that of the distribution whose console script runs :func:`main`,
+    else ``worker.__version__`` (a source tree run without installing), else ``unknown``."""
+    from importlib import metadata
+
+    for entry in metadata.entry_points(group="console_scripts"):
+        if entry.value == f"{__name__}:main" and entry.dist is not None:
+            return entry.dist.version
+    return str(getattr(importlib.import_module("worker"), "__version__", "unknown"))
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: looked up only when asked (reading metadata costs time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit(0)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} [-h] [--version] [--log-level LEVEL] (-c FILE | COMMAND [ARGS ...])",
+        description=wrap(
+            "Run one worker (execution manager) against a Spider-protocol cluster, or one of"
+            " the commands below. SIGTERM/SIGINT drains the worker (the running task finishes"
+            " and is reported); a second signal forces the stop."
+        ),
+        epilog=f"examples:\n  {prog} --config worker.yaml\n  {prog} local\n"
+        f"  {prog} jobs --json\n\nRun `{prog} COMMAND --help` for a command's options.\n\n"
+        + wrap(
+            "worker exit codes: 0 drained, 1 fatal, 2 bad configuration or command line,"
+            " 3 forced, 4 evicted; any command: 141 output pipe closed"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_VersionAction)
+    add_worker_options(parser, required=False)
+    add_log_level(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (_, summary) in COMMANDS.items():
+        # Only listed here: the command's own parser reads its arguments.
+        commands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def _load(target: str) -> _Command:
+    module_name, _, function_name = target.partition(":")
+    function: _Command = getattr(importlib.import_module(module_name), function_name)
     return function
 
 
-def _usage() -> str:
-    width = max(len(name) for name in COMMANDS)
-    lines = "\n".join(
-        f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()
-    )
-    return _USAGE.format(commands=lines)
+def _command_index(args: Sequence[str]) -> int:
+    """Where the command name is: the first word that is not an option or an option's value."""
+    index = 0
+    while index < len(args) and args[index].startswith("-"):
+        index += 2 if args[index] in _VALUE_OPTIONS else 1
+    return index
+
+
+def _dispatch(args: list[str], prog: str) -> int:
+    parser = _parser(prog)
+    if not args:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    at = _command_index(args)
+    command = args[at] if at < len(args) else None
+    if command in COMMANDS:
+        top = parser.parse_args(args[: at + 1])
+        if top.config is not None:
+            parser.error(f"--config runs a worker; it does not go with the command {command!r}")
+        rest = args[at + 1 :]
+        if top.log_level is not None:  # the command's own --log-level, if any, comes later
+            rest = ["--log-level", top.log_level, *rest]
+        return _load(COMMANDS[command][0])(rest)
+    top = parser.parse_args(args)  # an unknown option or command exits 2 here
+    if top.config is None:
+        parser.error("give -c/--config FILE to run a worker, or a COMMAND")
+    # Before the (slow) import of the service: a stop signal from now on is kept, not fatal,
+    # and grpc's C core, configured at its import, keeps its plain-text lines off the log.
+    from worker.logging_setup import quiet_grpc_core
+    from worker.signal_latch import install_latch
+
+    install_latch()
+    quiet_grpc_core()
+    return _load(WORKER_COMMAND)(args)
+
+
+def _exit_code(request: SystemExit) -> int:
+    """The status ``sys.exit`` asked for (a message means 1, as the interpreter does)."""
+    if request.code is None or isinstance(request.code, int):
+        return request.code or 0
+    print(request.code, file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Route ``argv`` (default ``sys.argv[1:]``) to its command and return the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in {"-h", "--help"}:
-        print(_usage(), file=sys.stdout if args else sys.stderr)
-        return 0 if args else EXIT_CONFIG
-    if args[0] in COMMANDS:
-        return _load(COMMANDS[args[0]][0])(args[1:])
-    if args[0].startswith("-"):
-        # Before the (slow) import of the service: a stop signal from now on is kept, not fatal,
-        # and grpc's C core, configured at its import, keeps its plain-text lines off the log.
-        from worker.logging_setup import quiet_grpc_core
-        from worker.signal_latch import install_latch
-
-        install_latch()
-        quiet_grpc_core()
-        return _load(WORKER_COMMAND)(args)
-    print(f"worker: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
-    return EXIT_CONFIG
+    try:
+        try:
+            code = _dispatch(list(sys.argv[1:] if argv is None else argv), invoked_prog())
+        except SystemExit as request:  # --help, --version, a usage error (argparse exits)
+            code = _exit_code(request)
+        sys.stdout.flush()  # here, so a closed pipe is noticed while we can still handle it
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): point stdout at /dev/null so the interpreter's
+        # final flush does not fail again, and exit as a process killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code

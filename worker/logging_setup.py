@@ -7,20 +7,25 @@ states, codes) in ``extra={"fields": {...}}``. The console format appends them a
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
 __all__ = [
+    "LOG_LEVEL_VARIABLE",
     "ConsoleFormatter",
     "JsonFormatter",
+    "LogLevelError",
     "configure_logging",
+    "logging_configured",
     "quiet_grpc_core",
     "resolve_format",
+    "resolve_level",
 ]
 
 _LEVELS: Final = {
@@ -29,6 +34,8 @@ _LEVELS: Final = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+#: The environment variable every command reads for its log level.
+LOG_LEVEL_VARIABLE: Final = "WORKER_LOG_LEVEL"
 #: Keys of every JSON line; a structured field with one of these names is prefixed ``field.``.
 _JSON_KEYS: Final = frozenset({"ts", "level", "logger", "message", "exc"})
 
@@ -92,6 +99,33 @@ def resolve_format(requested: str | None, stream: TextIO) -> str:
     return "console" if callable(isatty) and isatty() else "json"
 
 
+class LogLevelError(ValueError):
+    """``WORKER_LOG_LEVEL`` holds a level we do not know (the message names it)."""
+
+
+def resolve_level(
+    flag: str | None,
+    configured: str = "info",
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The log level to use: ``--log-level`` (``flag``), else ``WORKER_LOG_LEVEL``, else the
+    config file's ``log.level`` (``configured``; commands without a config: ``"info"``).
+
+    An empty variable counts as unset; any other unknown value raises :class:`LogLevelError`.
+    """
+    if flag is not None:
+        return flag
+    variable = (os.environ if environ is None else environ).get(LOG_LEVEL_VARIABLE, "").strip()
+    if variable:
+        level = variable.lower()
+        if level not in _LEVELS:
+            raise LogLevelError(
+                f"{LOG_LEVEL_VARIABLE}: must be one of {', '.join(_LEVELS)}, got {variable!r}"
+            )
+        return level
+    return configured
+
+
 def configure_logging(
     log_format: str | None, level: str = "info", stream: TextIO | None = None
 ) -> str:
@@ -109,6 +143,24 @@ def configure_logging(
     logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.captureWarnings(True)
     return chosen
+
+
+@contextlib.contextmanager
+def logging_configured(
+    log_format: str | None, level: str = "info", stream: TextIO | None = None
+) -> Iterator[str]:
+    """:func:`configure_logging` for the span of a command, then the previous handlers and level
+    again (commands also run inside other programs, such as the tests)."""
+    root = logging.getLogger()
+    handlers, previous_level = list(root.handlers), root.level
+    try:
+        yield configure_logging(log_format, level, stream)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(previous_level)
 
 
 def quiet_grpc_core(environ: MutableMapping[str, str] | None = None) -> None:

@@ -17,10 +17,10 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import trio
 
+from worker.command_line import add_worker_options, command_parser, invoked_prog, log_level
 from worker.config import ConfigError, WorkerConfig, load_config
 from worker.core.ports import Executor
 from worker.errors import ExecutorPoolError, PoolInitError
@@ -38,16 +38,15 @@ logger = logging.getLogger("worker.service")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker",
-        description="Run one worker (execution manager) against a Spider-protocol cluster.",
-        epilog="SIGTERM/SIGINT drains (the running task finishes and is reported, then"
-        " Shutdown); a second signal forces the stop. Exit codes: 0 drained, 1 fatal,"
-        " 2 bad configuration, 3 forced, 4 evicted.",
+    parser = command_parser(
+        invoked_prog(),
+        "Run one worker (execution manager) against a Spider-protocol cluster. SIGTERM/SIGINT"
+        " drains (the running task finishes and is reported, then Shutdown); a second signal"
+        " forces the stop.",
+        examples=["--config worker.yaml", "-c worker.yaml --log-level debug"],
+        exit_codes="0 drained, 1 fatal, 2 bad configuration, 3 forced, 4 evicted",
     )
-    parser.add_argument(
-        "-c", "--config", required=True, type=Path, metavar="FILE", help="the YAML config file"
-    )
+    add_worker_options(parser, required=True)
     return parser
 
 
@@ -197,8 +196,9 @@ def main(argv: Sequence[str]) -> int:
     latch = install_latch()  # usually already installed by worker.cli, before this import
     # First: tasks and other processes of this user must not read our environment or memory.
     make_non_dumpable()
+    parser = _parser()
     try:
-        arguments = _parser().parse_args(list(argv))
+        arguments = parser.parse_args(list(argv))
     except SystemExit as exit_request:  # --help (0) or a bad command line (2)
         return int(exit_request.code or 0)
     try:
@@ -207,7 +207,8 @@ def main(argv: Sequence[str]) -> int:
         print(error, file=sys.stderr)
         return ExitCode.CONFIG
     config = loaded.config
-    chosen_format = configure_logging(config.log.format, config.log.level)
+    level = log_level(parser, arguments.log_level, config.log.level)
+    chosen_format = configure_logging(config.log.format, level)
     for key in loaded.unknown_keys:
         logger.warning("unknown config key ignored: %s", key, extra={"fields": {"key": key}})
     logger.info(
@@ -218,6 +219,7 @@ def main(argv: Sequence[str]) -> int:
                 "storage": config.storage.target,
                 "scheduler": config.scheduler.target,
                 "log_format": chosen_format,
+                "log_level": level,
                 "env_overrides": list(loaded.environment_overrides),
             }
         },

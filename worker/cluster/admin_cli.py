@@ -29,6 +29,7 @@ from rich.table import Table
 
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES
+from worker.command_line import command_parser, invoked_prog, log_when_asked
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.admin import admin_pb2, admin_pb2_grpc
 
@@ -62,12 +63,11 @@ def _parser(
     command: str, description: str, example: str, exit_one: str | None = None
 ) -> argparse.ArgumentParser:
     one = f" 1 {exit_one};" if exit_one else ""
-    parser = argparse.ArgumentParser(
-        prog=f"python -m worker {command}",
-        description=description,
-        epilog=f"example:\n  {example}\n\nexit codes: 0 done;{one} 2 bad command line;"
-        " 3 storage unreachable",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        f"{invoked_prog()} {command}",
+        description,
+        examples=[example],
+        exit_codes=f"0 done;{one} 2 bad command line; 3 storage unreachable",
     )
     parser.add_argument("--host", default="127.0.0.1", help="storage host (127.0.0.1)")
     parser.add_argument(
@@ -88,6 +88,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Nam
     args = parser.parse_args(list(argv))
     if not 1 <= args.port <= 65535:
         parser.error(f"--port must be in 1..65535, got {args.port}")
+    log_when_asked(parser, args.log_level)
     return args
 
 
@@ -290,7 +291,7 @@ def jobs_main(argv: Sequence[str]) -> int:
     parser = _parser(
         "jobs",
         "List the cluster's jobs, newest first, with state and progress.",
-        "python -m worker jobs --port 50052 --limit 20",
+        "--port 50052 --limit 20",
     )
     parser.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
     args = _parse(parser, argv)
@@ -316,7 +317,7 @@ def status_main(argv: Sequence[str]) -> int:
         "status",
         "Show a job's tasks: name, state, attempts and last error. With --watch, follow the job"
         " until it ends, across storage restarts.",
-        "python -m worker status 7 --watch",
+        "7 --watch",
         "unknown job, or (--watch) the job did not succeed or --timeout passed",
     )
     _job_argument(parser)
@@ -424,7 +425,7 @@ def result_main(argv: Sequence[str]) -> int:
     parser = _parser(
         "result",
         "Print a job's outputs, one per line (--json: a JSON document).",
-        "python -m worker result 7 --json",
+        "7 --json",
         "unknown job, or it failed, was cancelled or has not finished",
     )
     _job_argument(parser)
@@ -459,7 +460,7 @@ def cancel_main(argv: Sequence[str]) -> int:
     parser = _parser(
         "cancel",
         "Cancel a job: its unfinished tasks are cancelled and its cleanup task, if any, runs.",
-        "python -m worker cancel 7",
+        "7",
         "unknown job, or it already ended or is being cleaned up",
     )
     _job_argument(parser)
@@ -483,7 +484,7 @@ def workers_main(argv: Sequence[str]) -> int:
     parser = _parser(
         "workers",
         "List the workers registered with storage: state, last heartbeat, running tasks.",
-        "python -m worker workers --json",
+        "--json",
     )
     args = _parse(parser, argv)
 

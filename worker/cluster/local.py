@@ -29,6 +29,7 @@ from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.processes import WorkerProcess
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
+from worker.command_line import command_parser, invoked_prog, log_level
 from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
 from worker.security import make_non_dumpable
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
@@ -73,11 +74,12 @@ class LocalRun:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker local",
-        description="Run a job on an embedded local cluster with N worker processes.",
-        epilog="Exit codes: "
-        + "; ".join(f"{code} = {meaning}" for code, meaning in EXIT_CODES.items()),
+    parser = command_parser(
+        f"{invoked_prog()} local",
+        "Run a job on an embedded local cluster with N worker processes. --log-level sets the"
+        " workers' level and the cluster log's (both kept in --workdir).",
+        examples=["", "job.yaml --workers 4 --workdir run1"],
+        exit_codes="; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
     )
     parser.add_argument(
         "jobfile", nargs="?", type=Path, help="YAML job file (default: the bundled example)"
@@ -129,6 +131,7 @@ def run_local(
     heartbeat_sec: float = 1.0,
     console: Console | None = None,
     progress: bool = True,
+    log_level: str = "info",
 ) -> LocalRun:
     """Run ``job`` on an embedded cluster with ``workers`` worker processes of ``slots`` slots.
 
@@ -151,6 +154,7 @@ def run_local(
                 package_dir,
                 poll_wait_ms=poll_wait_ms,
                 heartbeat_sec=heartbeat_sec,
+                log_level=log_level,
                 extra={"slots": slots},
             )
             known = {row.id for row in cluster.storage.db.ems()}  # a reused --db has old rows
@@ -284,13 +288,13 @@ class _FieldsFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _cluster_log(path: Path) -> Iterator[None]:
+def _cluster_log(path: Path, level: str) -> Iterator[None]:
     """Send the cluster's own log records to ``path`` (the console shows progress only)."""
     cluster_logger = logging.getLogger("worker.cluster")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     cluster_logger.addHandler(handler)
-    cluster_logger.setLevel(logging.INFO)
+    cluster_logger.setLevel(level.upper())
     cluster_logger.propagate = False
     try:
         yield
@@ -302,7 +306,8 @@ def _cluster_log(path: Path) -> Iterator[None]:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m worker local``."""
-    args = _parser().parse_args(list(argv))
+    parser = _parser()
+    args = parser.parse_args(list(argv))
     console = Console()
     problems = [
         message
@@ -331,11 +336,12 @@ def main(argv: Sequence[str]) -> int:
                 f"local: cannot create --workdir {args.workdir}: {error.strerror}", file=sys.stderr
             )
             return EXIT_USAGE
+    level = log_level(parser, args.log_level)
     make_non_dumpable()
     # SIGTERM behaves like Ctrl-C, so the finally blocks stop every worker.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with _workdir(args.workdir) as workdir, _cluster_log(workdir / "cluster.log"):
+        with _workdir(args.workdir) as workdir, _cluster_log(workdir / "cluster.log", level):
             run = run_local(
                 job,
                 workers=args.workers,
@@ -347,6 +353,7 @@ def main(argv: Sequence[str]) -> int:
                 heartbeat_sec=args.heartbeat_sec,
                 console=Console(stderr=True),
                 progress=not args.no_progress,
+                log_level=level,
             )
             _summary(run, console, job, args.workdir)
     except ClusterStartError as error:

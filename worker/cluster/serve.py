@@ -7,18 +7,22 @@ Both run in this process (the scheduler pulls ready work from storage in process
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import StorageSettings
+from worker.command_line import command_parser, invoked_prog, log_level
+from worker.logging_setup import logging_configured
 from worker.security import make_non_dumpable
+
+if TYPE_CHECKING:
+    from worker.cluster.metrics import ClusterMetricsEndpoint
 
 __all__ = ["DEFAULT_SCHEDULER_PORT", "DEFAULT_STORAGE_PORT", "main"]
 
@@ -29,9 +33,16 @@ EXIT_USAGE: Final = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker cluster",
-        description="Serve the reference scheduler and storage (SQLite) until stopped.",
+    parser = command_parser(
+        f"{invoked_prog()} cluster",
+        "Serve the reference scheduler and storage (SQLite) until stopped (Ctrl-C or SIGTERM)."
+        " The log (stderr) is human-readable on a terminal and JSON lines otherwise.",
+        examples=[
+            "--db cluster.db",
+            "--host 0.0.0.0 --metrics-port 9464 --log-level debug --log-format json",
+        ],
+        exit_codes="0 stopped by a signal; 1 could not start (port or database taken);"
+        " 2 bad option",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--storage-port", type=int, default=DEFAULT_STORAGE_PORT)
@@ -48,7 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         default=SchedulerSettings().max_long_polls,
         help="NextTask calls that may wait at once: at least workers x slots (1024)",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-format",
+        choices=["console", "json"],
+        default=None,
+        help="console (key=value) or json (JSON lines); default: console on a terminal, else json",
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -83,11 +99,13 @@ def _problem(args: argparse.Namespace) -> str | None:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m worker cluster``."""
-    args = _parser().parse_args(list(argv))
+    parser = _parser()
+    args = parser.parse_args(list(argv))
     problem = _problem(args)
     if problem is not None:
         print(f"cluster: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    level = log_level(parser, args.log_level)
     make_non_dumpable()
     metrics = None
     if args.metrics_port is not None:  # bound first: a taken port starts nothing
@@ -99,9 +117,13 @@ def main(argv: Sequence[str]) -> int:
         except MetricsBindError as error:
             print(f"cluster: {error}", file=sys.stderr)
             return EXIT_FAILED
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    # The shared formatters: structured fields (ids, reasons) stay on every line.
+    with logging_configured(args.log_format, level):
+        return _serve(args, metrics)
+
+
+def _serve(args: argparse.Namespace, metrics: ClusterMetricsEndpoint | None) -> int:
+    """Start the cluster (``metrics`` already bound) and serve until a stop signal."""
     settings = ClusterSettings(
         database=args.db,
         host=args.host,

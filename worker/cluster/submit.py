@@ -22,6 +22,7 @@ from worker.cluster.jobs import JobError, encode_job, load_job_file
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.status import fetch_status
 from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JOB_OUTPUTS_MAX_BYTES, JobState
+from worker.command_line import command_parser, invoked_prog, log_when_asked
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
@@ -34,12 +35,13 @@ EXIT_UNREACHABLE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker submit",
-        description="Submit a YAML job file to a running cluster and print the job id.",
-        epilog="Exit codes: 0 = submitted (with --wait: succeeded); 1 = the job failed or was "
-        "cancelled, or --timeout passed; 2 = bad job file or option; 3 = storage unreachable "
-        "or refused (with --wait: unreachable until --timeout).",
+    parser = command_parser(
+        f"{invoked_prog()} submit",
+        "Submit a YAML job file to a running cluster and print the job id (stdout).",
+        examples=["job.yaml", "job.yaml --wait --port 50052 --timeout 600"],
+        exit_codes="0 submitted (with --wait: succeeded); 1 the job failed or was cancelled,"
+        " or --timeout passed; 2 bad job file or option; 3 storage unreachable or refused"
+        " (with --wait: unreachable until --timeout)",
     )
     parser.add_argument("jobfile", type=Path)
     parser.add_argument("--host", default="127.0.0.1", help="storage host (127.0.0.1)")
@@ -78,7 +80,9 @@ _CHANNEL_OPTIONS = [
 
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m worker submit``."""
-    args = _parser().parse_args(list(argv))
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    log_when_asked(parser, args.log_level)
     if not args.timeout > 0 or not args.idle_hint_sec > 0:
         print("submit: --timeout and --idle-hint-sec must be > 0", file=sys.stderr)
         return EXIT_USAGE

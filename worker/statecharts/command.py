@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from worker.command_line import command_parser, invoked_prog, log_when_asked
 from worker.statecharts.render import CHART_NAMES, render_all
 
 __all__ = ["DEFAULT_OUTPUT", "main", "render_svg", "stale_files", "write_charts"]
@@ -55,12 +56,13 @@ def render_svg(dot_program: str, dot_file: Path) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m worker diagram",
-        description=(
-            "Regenerate the statecharts (Mermaid and DOT sources, and SVG when Graphviz's `dot` "
-            "is installed) from the transition tables."
-        ),
+    parser = command_parser(
+        f"{invoked_prog()} diagram",
+        "Regenerate the statecharts (Mermaid and DOT sources, and SVG when Graphviz's `dot` "
+        "is installed) from the transition tables.",
+        examples=["", "--check"],
+        exit_codes="0 written (--check: up to date); 1 --check found a stale source;"
+        " 2 bad command line",
     )
     parser.add_argument(
         "--output",
@@ -84,8 +86,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Run the command; return 0 on success, 1 when ``--check`` finds stale files, 2 on bad use."""
+    parser = _parser()
     try:
-        args = _parser().parse_args(list(argv))
+        args = parser.parse_args(list(argv))
+        log_when_asked(parser, args.log_level)
     except SystemExit as exit_:
         return 0 if exit_.code == 0 else 2
     files = render_all(CHART_NAMES)

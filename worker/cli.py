@@ -12,7 +12,8 @@ Each command lives in its own module with its own parser and is imported only wh
 * ``python -m worker diagram``: regenerate the statecharts.
 
 Usage and errors go to stderr; a usage error exits 2. Output cut short by a closed pipe
-(``... | head -1``) ends quietly with exit code 141, as if killed by SIGPIPE.
+(``... | head -1``) ends quietly with exit code 1: Python's documented convention, and what
+rich (the tables) does on its own.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from worker.command_line import add_log_level, add_worker_options, invoked_prog,
 __all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_CONFIG", "main", "version"]
 
 EXIT_CONFIG: Final = 2
-#: What a shell reports for a process killed by SIGPIPE (128 + 13).
-EXIT_BROKEN_PIPE: Final = 141
+#: The reader of our output went away (Python's documented convention for EPIPE).
+EXIT_BROKEN_PIPE: Final = 1
 
 #: Subcommand name -> (``module:function`` taking the remaining argv and returning an exit code,
 #: one-line summary). Each command names itself ``<program as invoked> <command>``.
@@ -90,7 +91,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         f"  {prog} jobs --json\n\nRun `{prog} COMMAND --help` for a command's options.\n\n"
         + wrap(
             "worker exit codes: 0 drained, 1 fatal, 2 bad configuration or command line,"
-            " 3 forced, 4 evicted; any command: 141 output pipe closed"
+            " 3 forced, 4 evicted"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so a closed pipe is noticed while we can still handle it
     except BrokenPipeError:
         # The reader went away (`| head -1`): point stdout at /dev/null so the interpreter's
-        # final flush does not fail again, and exit as a process killed by SIGPIPE would.
+        # final flush does not fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)

@@ -1,0 +1,144 @@
+"""The cluster-side commands as a user runs them: a closed pipe ends quietly, the cluster's log
+keeps its structured fields, and ``--log-level`` beats ``WORKER_LOG_LEVEL`` beats the default."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.cluster.harness import serve_cluster, stop_cluster
+from worker import cli
+from worker.cluster.processes import worker_environment
+from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
+
+pytestmark = pytest.mark.cluster
+
+
+def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m worker ARGS`` writing to a pipe whose reader is already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_environment(),
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+def send_stale_ack(scheduler_port: int) -> None:
+    """A NextTask carrying an ack from another scheduler (id 77): the cluster skips it."""
+    with grpc.insecure_channel(f"127.0.0.1:{scheduler_port}") as channel:
+        request = scheduler_pb2.NextTaskRequest(execution_manager_id=9999, wait_time_ms=0)
+        request.prev_assignment.CopyFrom(
+            scheduler_pb2.TaskAssignmentRecord(**{"id": 5, "from": 77})
+        )
+        scheduler_pb2_grpc.SchedulerServiceStub(channel).NextTask(request, timeout=10)
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_jobs_into_a_closed_pipe_ends_quietly(tmp_path: Path, table: bool) -> None:
+    server, storage_port, _, _ = serve_cluster(tmp_path)
+    try:
+        args = ["jobs", "--port", str(storage_port), *([] if table else ["--json"])]
+        done = run_into_closed_pipe(*args)
+    finally:
+        stop_cluster(server)
+    assert done.stderr == ""
+    assert done.returncode == cli.EXIT_BROKEN_PIPE
+
+
+def test_the_cluster_console_log_shows_a_skipped_ack_with_its_fields(tmp_path: Path) -> None:
+    server, _, scheduler_port, _ = serve_cluster(tmp_path, options=("--log-format", "console"))
+    try:
+        send_stale_ack(scheduler_port)
+    finally:
+        assert stop_cluster(server) == 0
+    assert server.stdout is not None
+    output = server.stdout.read()
+    (line,) = [line for line in output.splitlines() if "ack skipped" in line]
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d\.\d{3} WARNING worker\.cluster\.scheduler: ack skipped em_id=9999"
+        r' assignment_id=5 from=77 reason="stale scheduler"',
+        line,
+    ), line
+
+
+def test_the_cluster_json_log_carries_the_fields(tmp_path: Path) -> None:
+    server, _, scheduler_port, _ = serve_cluster(tmp_path, options=("--log-format", "json"))
+    try:
+        send_stale_ack(scheduler_port)
+    finally:
+        assert stop_cluster(server) == 0
+    assert server.stdout is not None
+    lines = [json.loads(line) for line in server.stdout.read().splitlines() if "ack" in line]
+    assert [(line["message"], line["reason"], line["em_id"]) for line in lines] == [
+        ("ack skipped", "stale scheduler", 9999)
+    ]
+
+
+def cluster_log_levels(tmp_path: Path, *flag: str, variable: str | None) -> set[str]:
+    """The levels of a cluster's log lines from start to stop, run with ``flag`` and the
+    variable."""
+    env = worker_environment()
+    if variable is not None:
+        env["WORKER_LOG_LEVEL"] = variable
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "worker", "cluster", *flag, "--log-format", "json"),
+            *("--storage-port", "0", "--scheduler-port", "0", "--db", str(tmp_path / "c.db")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert banner.startswith("storage on "), banner + server.communicate(timeout=30)[1]
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    finally:
+        server.kill()
+        server.wait(10)
+    assert server.returncode == 0, stderr
+    return {json.loads(line)["level"] for line in stderr.splitlines()}
+
+
+def test_cluster_log_level_flag_beats_the_variable_beats_info(tmp_path: Path) -> None:
+    assert "info" in cluster_log_levels(tmp_path, variable=None)
+    assert cluster_log_levels(tmp_path, variable="warning") == set()
+    assert "info" in cluster_log_levels(tmp_path, "--log-level", "info", variable="error")
+
+
+def test_cluster_rejects_a_bad_variable_before_serving(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "cluster", "--db", str(tmp_path / "c.db")],
+        capture_output=True,
+        text=True,
+        env={**worker_environment(), "WORKER_LOG_LEVEL": "verbose"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        "python -m worker cluster: WORKER_LOG_LEVEL: must be one of debug, info, warning,"
+        " error, got 'verbose'\n"
+    )
+    assert not (tmp_path / "c.db").exists()

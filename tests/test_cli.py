@@ -147,7 +147,7 @@ def test_the_top_level_help_lists_every_command_with_examples(
     text = capsys.readouterr().out
     assert text.startswith("usage: spider-worker [-h] [--version] [--log-level LEVEL]")
     for command, (_, summary) in cli.COMMANDS.items():
-        assert f"    {command.ljust(20)}{summary}" in text
+        assert f"\n  {command.ljust(22)}{summary}\n" in text
     assert "  spider-worker --config worker.yaml\n" in text
 
 

@@ -78,6 +78,15 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the commands one per line, without argparse's lone ``COMMAND`` line above them."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(command) for command in action._get_subactions())
+        return super()._format_action(action)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -93,11 +102,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
             "worker exit codes: 0 drained, 1 fatal, 2 bad configuration or command line,"
             " 3 forced, 4 evicted"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction)
     add_worker_options(parser, required=False)
-    add_log_level(parser)
+    add_log_level(parser, config_file=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (_, summary) in COMMANDS.items():
         # Only listed here: the command's own parser reads its arguments.

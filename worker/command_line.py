@@ -47,9 +47,11 @@ def command_parser(
     *,
     examples: Sequence[str],
     exit_codes: str,
+    config_file: bool = False,
 ) -> argparse.ArgumentParser:
     """A parser whose help ends with ``examples`` (each a command line after ``prog``) and the
-    exit codes; it takes ``--log-level``."""
+    exit codes; it takes ``--log-level`` (``config_file``: the worker's, which a config file
+    can also set)."""
     lines = "\n".join(f"  {prog} {example}".rstrip() for example in examples)
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -58,7 +60,7 @@ def command_parser(
         + wrap(f"exit codes: {exit_codes}"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_log_level(parser)
+    add_log_level(parser, config_file=config_file)
     return parser
 
 
@@ -67,15 +69,17 @@ def wrap(paragraph: str) -> str:
     return textwrap.fill(paragraph, width=_HELP_WIDTH)
 
 
-def add_log_level(parser: argparse.ArgumentParser) -> None:
-    """``--log-level``: left ``None`` when absent, so ``WORKER_LOG_LEVEL`` and the config file
-    can decide (:func:`worker.logging_setup.resolve_level`)."""
+def add_log_level(parser: argparse.ArgumentParser, *, config_file: bool = False) -> None:
+    """``--log-level``: left ``None`` when absent, so ``WORKER_LOG_LEVEL`` (and the worker's
+    config file) can decide (:func:`worker.logging_setup.resolve_level`)."""
+    fallback = "the config's log.level, then info" if config_file else "info"
     parser.add_argument(
         "--log-level",
         choices=LOG_LEVEL_CHOICES,
         default=None,
-        help="lowest level logged on stderr (default: $WORKER_LOG_LEVEL, then the config's"
-        " log.level, then info)",
+        metavar="LEVEL",
+        help=f"lowest level logged on stderr: {', '.join(LOG_LEVEL_CHOICES)} (default:"
+        f" $WORKER_LOG_LEVEL, else {fallback})",
     )
 
 

@@ -485,7 +485,10 @@ class LogConfig:
     )
     level: str = attrs.field(
         default="info",
-        metadata=_key("Lowest level logged.", _one_of("debug", "info", "warning", "error")),
+        metadata=_key(
+            "Lowest level logged; WORKER_LOG_LEVEL and, above it, --log-level override it.",
+            _one_of("debug", "info", "warning", "error"),
+        ),
     )
 
 

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         " forces the stop.",
         examples=["--config worker.yaml", "-c worker.yaml --log-level debug"],
         exit_codes="0 drained, 1 fatal, 2 bad configuration, 3 forced, 4 evicted",
+        config_file=True,
     )
     add_worker_options(parser, required=True)
     return parser

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.test_service import LIVENESS, ROOT, servers, write_config
+from tests.test_service import LIVENESS, ROOT, run_cli, servers, write_config
 from tests.transport.scripted import ScriptedServer
 from worker import cli, logging_setup
 from worker.command_line import LOG_LEVEL_CHOICES, invoked_prog
@@ -25,21 +25,6 @@ __all__ = ["servers"]  # the fixture, imported for the worker tests below
 
 #: Modules whose import makes ``--help`` slow; none may load for the top-level fast paths.
 HEAVY = ("trio", "grpc", "rich", "attrs", "cattrs", "worker.service", "worker.cluster")
-
-
-def python_m_worker(
-    *args: str, env: dict[str, str] | None = None, stdout: int | None = subprocess.PIPE
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-        env=env,
-    )
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
@@ -55,7 +40,7 @@ def imported_modules(importtime_stderr: str) -> set[str]:
 
 
 def test_version_names_the_program_and_the_installed_version() -> None:
-    done = python_m_worker("--version")
+    done = run_cli("--version")
     assert done.returncode == 0, done.stderr
     installed = {
         entry.dist.version
@@ -87,7 +72,7 @@ def test_top_level_fast_paths_import_no_heavy_module(args: list[str]) -> None:
 
 
 def test_an_unknown_option_is_named_on_stderr_with_exit_2() -> None:
-    done = python_m_worker("--bogus")
+    done = run_cli("--bogus")
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.startswith("usage: python -m worker ")
@@ -203,7 +188,15 @@ def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        return python_m_worker(*args, stdout=write_end)
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
     finally:
         os.close(write_end)
 
@@ -276,7 +269,7 @@ def worker_log_levels(
     env = {k: v for k, v in os.environ.items() if k != "WORKER_LOG_LEVEL"}
     if variable is not None:
         env["WORKER_LOG_LEVEL"] = variable
-    done = python_m_worker(*flag, "-c", str(config), env=env)
+    done = run_cli(*flag, "-c", str(config), env=env)
     levels = {json.loads(line)["level"] for line in done.stderr.splitlines()}
     return done.returncode, levels
 
@@ -307,7 +300,7 @@ def test_worker_log_level_flag_beats_variable_beats_config(
 
 def test_worker_rejects_a_bad_variable_in_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path, 1, 1)
-    done = python_m_worker("-c", str(config), env={**os.environ, "WORKER_LOG_LEVEL": "chatty"})
+    done = run_cli("-c", str(config), env={**os.environ, "WORKER_LOG_LEVEL": "chatty"})
     assert done.returncode == 2
     assert done.stderr == (
         "python -m worker: WORKER_LOG_LEVEL: must be one of debug, info, warning, error,"

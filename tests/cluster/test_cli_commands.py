@@ -4,7 +4,6 @@ keeps its structured fields, and ``--log-level`` beats ``WORKER_LOG_LEVEL`` beat
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -13,31 +12,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from tests.cluster.harness import serve_cluster, stop_cluster
+from tests.cluster.test_commands import _job_file
+from tests.test_cli import run_into_closed_pipe
 from worker import cli
 from worker.cluster.processes import worker_environment
 from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
 
 pytestmark = pytest.mark.cluster
-
-
-def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m worker ARGS`` writing to a pipe whose reader is already gone."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "worker", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_environment(),
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
 
 
 def send_stale_ack(scheduler_port: int) -> None:
@@ -62,15 +46,19 @@ def test_jobs_into_a_closed_pipe_ends_quietly(tmp_path: Path, table: bool) -> No
     assert done.returncode == cli.EXIT_BROKEN_PIPE
 
 
-def test_the_cluster_console_log_shows_a_skipped_ack_with_its_fields(tmp_path: Path) -> None:
-    server, _, scheduler_port, _ = serve_cluster(tmp_path, options=("--log-format", "console"))
+def log_after_a_stale_ack(tmp_path: Path, log_format: str) -> list[str]:
+    """The lines a cluster logs (at warning) from a stale ack until it is stopped."""
+    server, _, scheduler_port, _ = serve_cluster(tmp_path, options=("--log-format", log_format))
     try:
         send_stale_ack(scheduler_port)
     finally:
         assert stop_cluster(server) == 0
     assert server.stdout is not None
-    output = server.stdout.read()
-    (line,) = [line for line in output.splitlines() if "ack skipped" in line]
+    return [line for line in server.stdout.read().splitlines() if "ack" in line]
+
+
+def test_the_cluster_console_log_shows_a_skipped_ack_with_its_fields(tmp_path: Path) -> None:
+    (line,) = log_after_a_stale_ack(tmp_path, "console")
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d\.\d{3} WARNING worker\.cluster\.scheduler: ack skipped em_id=9999"
         r' assignment_id=5 from=77 reason="stale scheduler"',
@@ -79,13 +67,7 @@ def test_the_cluster_console_log_shows_a_skipped_ack_with_its_fields(tmp_path: P
 
 
 def test_the_cluster_json_log_carries_the_fields(tmp_path: Path) -> None:
-    server, _, scheduler_port, _ = serve_cluster(tmp_path, options=("--log-format", "json"))
-    try:
-        send_stale_ack(scheduler_port)
-    finally:
-        assert stop_cluster(server) == 0
-    assert server.stdout is not None
-    lines = [json.loads(line) for line in server.stdout.read().splitlines() if "ack" in line]
+    lines = [json.loads(line) for line in log_after_a_stale_ack(tmp_path, "json")]
     assert [(line["message"], line["reason"], line["em_id"]) for line in lines] == [
         ("ack skipped", "stale scheduler", 9999)
     ]
@@ -142,3 +124,37 @@ def test_cluster_rejects_a_bad_variable_before_serving(tmp_path: Path) -> None:
         " error, got 'verbose'\n"
     )
     assert not (tmp_path / "c.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flag", "expected"), [(["--log-level", "warning"], "warning"), ([], "debug")]
+)
+def test_local_passes_its_level_to_the_workers_and_the_cluster_log(
+    tmp_path: Path, flag: list[str], expected: str
+) -> None:
+    job = _job_file(
+        tmp_path / "one.yaml",
+        [{"name": "a", "module": "cluster_tasks", "function": "echo", "inputs": [1]}],
+    )
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "worker", "local", str(job), *flag, "--workers", "1"),
+            *("--workdir", str(work), "--no-progress", "--heartbeat-sec", "0.2"),
+            *("--poll-wait-ms", "200"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**worker_environment(), "WORKER_LOG_LEVEL": "debug"},
+        cwd=tmp_path,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = yaml.safe_load((work / "worker-1.yaml").read_text(encoding="utf-8"))
+    assert config["log"]["level"] == expected
+    cluster_levels = {
+        line.split()[2] for line in (work / "cluster.log").read_text().splitlines() if line
+    }
+    assert ("INFO" in cluster_levels) == (expected == "debug")

@@ -203,6 +203,7 @@ class _Job:
 
 
 def task_key(task_id: TaskId) -> str:
+    """The name storage's tables and the admin service give a task: ``index:N``, or its kind."""
     return f"index:{task_id.index}" if task_id.kind is TaskKind.INDEX else task_id.kind.value
 
 

@@ -79,7 +79,8 @@ class _VersionAction(argparse.Action):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Lists the commands one per line, without argparse's lone ``COMMAND`` line above them."""
+    """Lists the commands one per line, without argparse's lone ``COMMAND`` line above them
+    (argparse offers no public hook for this; these private names have been stable for years)."""
 
     def _format_action(self, action: argparse.Action) -> str:
         if isinstance(action, argparse._SubParsersAction):

@@ -16,6 +16,7 @@ from typing import Final
 
 __all__ = [
     "DEFAULT_PROG",
+    "LOG_LEVEL_CHOICES",
     "add_log_level",
     "add_worker_options",
     "command_parser",

@@ -9,6 +9,7 @@ from typing import Any
 
 from worker.logging_setup import (
     ConsoleFormatter,
+    FieldsFormatter,
     JsonFormatter,
     configure_logging,
     resolve_format,
@@ -30,6 +31,15 @@ def test_console_format_renders_fields_as_key_value() -> None:
     )
     assert "INFO    worker.machine: moved on" in line
     assert line.endswith('from=Idle to=Awaiting assignment=3/0 note="two words"')
+
+
+def test_a_file_format_appends_the_fields_as_the_console_does() -> None:
+    formatter = FieldsFormatter("%(levelname)s %(name)s %(message)s")
+    record = _record({"em_id": 9, "reason": "stale scheduler", "empty": ""})
+    assert formatter.format(record) == (
+        'INFO worker.machine moved on em_id=9 reason="stale scheduler" empty=""'
+    )
+    assert formatter.format(_record()) == "INFO worker.machine moved on"
 
 
 def test_json_format_merges_fields_into_one_object() -> None:

@@ -19,9 +19,11 @@ from typing import Any, Final, TextIO
 __all__ = [
     "LOG_LEVEL_VARIABLE",
     "ConsoleFormatter",
+    "FieldsFormatter",
     "JsonFormatter",
     "LogLevelError",
     "configure_logging",
+    "fields_text",
     "logging_configured",
     "quiet_grpc_core",
     "resolve_format",
@@ -55,6 +57,13 @@ def _console_value(value: Any) -> str:
     return json.dumps(text) if (not text or any(c in text for c in ' ="\n')) else text
 
 
+def fields_text(record: logging.LogRecord) -> str:
+    """The record's structured fields as `` key=value ...`` (empty without fields); a value with
+    a space, ``=`` or quote is JSON-quoted so the line still splits unambiguously."""
+    fields = _fields(record)
+    return "".join(f" {key}={_console_value(value)}" for key, value in fields.items())
+
+
 class ConsoleFormatter(logging.Formatter):
     """``12:00:00.123 INFO  worker.runtime: message key=value ...`` (local time)."""
 
@@ -65,12 +74,19 @@ class ConsoleFormatter(logging.Formatter):
             f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d} {record.levelname:<7} "
             f"{record.name}: {record.getMessage()}"
         )
-        fields = _fields(record)
-        if fields:
-            line += " " + " ".join(f"{k}={_console_value(v)}" for k, v in fields.items())
+        line += fields_text(record)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+class FieldsFormatter(logging.Formatter):
+    """A classic ``%``-style format with the record's fields appended as in the console format
+    (for log files such as ``local``'s cluster log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The formatted record followed by `` key=value`` per field."""
+        return super().format(record) + fields_text(record)
 
 
 class JsonFormatter(logging.Formatter):

@@ -154,7 +154,14 @@ def test_local_passes_its_level_to_the_workers_and_the_cluster_log(
     assert done.returncode == 0, done.stdout + done.stderr
     config = yaml.safe_load((work / "worker-1.yaml").read_text(encoding="utf-8"))
     assert config["log"]["level"] == expected
-    cluster_levels = {
-        line.split()[2] for line in (work / "cluster.log").read_text().splitlines() if line
-    }
+    cluster_log = (work / "cluster.log").read_text().splitlines()
+    cluster_levels = {line.split()[2] for line in cluster_log if line}
     assert ("INFO" in cluster_levels) == (expected == "debug")
+    if expected == "debug":  # the file keeps each record's fields
+        assert any(
+            re.search(
+                r" INFO worker\.cluster\.storage storage session started session_id=\d+ jobs=0$",
+                line,
+            )
+            for line in cluster_log
+        ), cluster_log

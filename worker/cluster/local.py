@@ -31,6 +31,7 @@ from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
 from worker.command_line import command_parser, invoked_prog, log_level
 from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
+from worker.logging_setup import FieldsFormatter
 from worker.security import make_non_dumpable
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 
@@ -275,24 +276,12 @@ def _summary(run: LocalRun, console: Console, job: Job, workdir: Path | None) ->
     console.print(table)
 
 
-class _FieldsFormatter(logging.Formatter):
-    """Plain text plus the record's structured ``fields`` as ``key=value``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The formatted line with its fields appended."""
-        text = super().format(record)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict) and fields:
-            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
-        return text
-
-
 @contextlib.contextmanager
 def _cluster_log(path: Path, level: str) -> Iterator[None]:
     """Send the cluster's own log records to ``path`` (the console shows progress only)."""
     cluster_logger = logging.getLogger("worker.cluster")
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(_FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     cluster_logger.addHandler(handler)
     cluster_logger.setLevel(level.upper())
     cluster_logger.propagate = False

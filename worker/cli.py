@@ -33,7 +33,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 #: ``python -m worker --config FILE``: the one worker process.
 WORKER_COMMAND: Final = "worker.service:main"
 
-_USAGE = """usage: python -m worker (--config FILE | COMMAND [ARGS...])
+_USAGE = """usage: python -m worker (--config FILE | --version | COMMAND [ARGS...])
 
 Run one worker:
   python -m worker --config FILE   (or -c FILE)
@@ -67,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in {"-h", "--help"}:
         print(_usage(), file=sys.stdout if args else sys.stderr)
         return 0 if args else EXIT_CONFIG
+    if args[0] == "--version":
+        from worker.version import version_line
+
+        print(version_line())
+        return 0
     if args[0] in COMMANDS:
         return _load(COMMANDS[args[0]][0])(args[1:])
     if args[0].startswith("-"):

@@ -337,14 +337,16 @@ def run_local(
     env: Sequence[str] = (),
     workdir: Path | str | None = None,
     quiet: bool = False,
+    report: Path | str | None = None,
 ) -> list[Any]:
     """Run ``job`` on an embedded local cluster, as ``python -m worker local`` does; return the
     job's outputs (the outputs of the tasks no other task reads, in graph order).
 
     Prints the task output (unless ``quiet``) and the summary as ``local`` does; ``env`` names
-    variables passed to the executors. Raises :class:`JobFailedError` naming the failed tasks if
-    the job does not succeed, and ``worker.cluster.preflight.PreflightError`` (one line per
-    problem) before anything starts if it cannot.
+    variables passed to the executors; ``report`` is a path for the HTML run report. Raises
+    :class:`JobFailedError` naming the failed tasks if the job does not succeed, and
+    ``worker.cluster.preflight.PreflightError`` (one line per problem) before anything starts
+    if it cannot.
     """
     from worker.cluster import local
 
@@ -356,6 +358,7 @@ def run_local(
         workdir=None if workdir is None else Path(workdir),
         inherited_env=tuple(env),
         quiet=quiet,
+        report=None if report is None else Path(report),
         **options,
     )
     if run.exit_code != local.EXIT_SUCCEEDED:

@@ -109,11 +109,18 @@ def test_task_output_is_echoed_by_task_name_and_env_names_reach_executors(
             "wd",
             "--env",
             "SECRET_FOR_TASK",
+            "--report",
+            "out/run.html",
         ],
         tmp_path,
         env,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    report = (tmp_path / "out" / "run.html").read_text(encoding="utf-8")
+    assert f"report: {tmp_path / 'out' / 'run.html'}" in done.stdout
+    assert report.count('<g class="node succeeded">') == 2
+    assert report.count('class="bar succeeded"') == 2
+    assert "worker 1 · slot 1" in report
     assert "[hello] saying hi" in done.stderr
     assert "[hello] SECRET_FOR_TASK=given" in done.stderr
     assert "['HI', 1]" in done.stdout

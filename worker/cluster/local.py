@@ -28,10 +28,11 @@ from rich.table import Table
 from worker.cluster.attempts import Attempt
 from worker.cluster.codec import FrameError, decode_output_values
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
-from worker.cluster.failures import TaskFailure, failure_lines, task_failures
+from worker.cluster.failures import TaskFailure, failure_lines, task_failures, task_name
 from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.preflight import PreflightError, check_or_raise
 from worker.cluster.processes import WorkerProcess
+from worker.cluster.report import ReportData, write_report
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JobState, StorageSettings
 from worker.cluster.task_logs import TaskLogFollower
@@ -76,6 +77,8 @@ class LocalRun:
     failures: list[TaskFailure] = attrs.field(factory=list)
     #: Who ran which task when (for the run report).
     attempts: list[Attempt] = attrs.field(factory=list)
+    #: Each task's final state by its name in the job.
+    task_states: dict[str, str] = attrs.field(factory=dict)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--quiet", "-q", action="store_true", help="do not echo the tasks' output lines"
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="HTML", help="write a self-contained HTML run report"
     )
     return parser
 
@@ -208,6 +214,9 @@ def run_local(
             worker_exit_codes=worker_codes,
             failures=task_failures(job, cluster.storage.task_rows(job_id), follower.tracebacks()),
             attempts=cluster.storage.attempts(job_id),
+            task_states={
+                task_name(job, row.task): row.state for row in cluster.storage.task_rows(job_id)
+            },
         )
 
 
@@ -337,6 +346,7 @@ def run_job(
     quiet: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    report: Path | None = None,
     **cluster_options: Any,
 ) -> LocalRun:
     """What ``local`` does with a loaded job: preflight, run, summary (also ``worker.api``).
@@ -344,7 +354,8 @@ def run_job(
     Raises :class:`PreflightError` before anything starts if the job cannot run. Task output is
     echoed to stderr prefixed with the task's name unless ``quiet``. The work directory (worker
     configs and logs) is a temporary one unless given; it is removed after a success and kept,
-    and named in the summary, otherwise. ``cluster_options`` go to :func:`run_local` as they are.
+    and named in the summary, otherwise. ``report`` is where to write the HTML run report.
+    ``cluster_options`` go to :func:`run_local` as they are.
     """
     console = console or Console()
     check_or_raise(job, job.package_dir or EXAMPLES_DIR, inherited_env)
@@ -372,6 +383,24 @@ def run_job(
     _summary(run, console, job, directory if keep else None)
     for line in failure_lines(run.failures):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if report is not None:
+        outputs = ", ".join(repr(value) for value in run.sink_outputs)
+        write_report(
+            report,
+            ReportData(
+                job,
+                run.job_id,
+                run.state.name,
+                run.wall_sec,
+                run.task_states,
+                run.attempts,
+                run.failures,
+                run.error,
+                outputs,
+                slots_per_worker=cluster_options.get("slots", 1),
+            ),
+        )
+        console.print(f"report: {report.resolve()}", markup=False, highlight=False, soft_wrap=True)
     if not keep:
         shutil.rmtree(directory, ignore_errors=True)
     return run
@@ -414,6 +443,7 @@ def main(argv: Sequence[str]) -> int:
             quiet=args.quiet,
             progress=not args.no_progress,
             console=console,
+            report=args.report,
         )
     except PreflightError as error:
         for problem in error.problems:

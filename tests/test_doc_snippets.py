@@ -11,6 +11,8 @@ Rules (docs/index.md, "Documentation that is tested"):
   written under that name, so later blocks of the same page can import it. A block defining
   ``test_`` functions runs under pytest (with pytest-trio's ``trio_mode``); any other block runs
   as a script. Each page's blocks share one scratch folder, in order.
+* A ``yaml`` block whose first line is ``# worker.yaml`` (a worker configuration) must pass the
+  worker's configuration validation, loaded from the repository root.
 * An ``sh`` block runs line by line (comments stripped) from the repository root, each line
   with a time limit.
 * In docstrings, a literal block (after a line ending in ``::``) that parses as Python runs as
@@ -40,6 +42,7 @@ PACKAGE = ROOT / "worker"
 _FENCE = re.compile(r"^```(\w*)\s*$")
 _NO_TEST = re.compile(r"^<!-- no-test: (?P<reason>.+?) -->$")
 _DOC_TEST = re.compile(r"^<!-- doc-test: exit=(?P<exit>\d+) -->$")
+_CONFIG_HEADER = re.compile(r"^# (worker|[\w-]+-worker)\.yaml\b")
 _FILE_HEADER = re.compile(r"^# (?P<name>[A-Za-z_]\w*\.py)\b")
 _LINE_TIMEOUT_SEC = 240
 
@@ -76,7 +79,9 @@ def _blocks(page: Path) -> Iterator[Block]:
             index += 1
         index += 1
         language = fence.group(1)
-        if language not in {"sh", "python"}:
+        if language not in {"sh", "python"} and not (
+            language == "yaml" and body and _CONFIG_HEADER.match(body[0])
+        ):
             continue
         before = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
         skip = _NO_TEST.match(before.strip())
@@ -160,6 +165,14 @@ def test_the_runner_finds_the_pages_blocks() -> None:
 def test_docs_block_runs(block: Block, page_folders: dict[Path, Path]) -> None:
     if block.skip_reason is not None:
         pytest.skip(f"marked no-test: {block.skip_reason}")
+    if block.language == "yaml":
+        # A worker configuration: it must pass the worker's own validation, from the root.
+        config = page_folders[block.page] / f"config_{block.line}.yaml"
+        config.write_text(block.code, encoding="utf-8")
+        check = f"from worker.config import load_config; load_config({str(config)!r})"
+        done = _run([sys.executable, "-c", check], ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return
     if block.language == "python":
         done = _run_python(block.code, page_folders[block.page], f"block_{block.line}")
         assert done.returncode == block.expected_exit, done.stdout + done.stderr

@@ -13,7 +13,7 @@ The submission encoding (protocol.md §8.6 [D]) is documented in docs/local-clus
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -429,15 +429,18 @@ def _parse_task(position: int, value: object) -> Task:
         retries=data.get("retries", 0),
         max_instances=data.get("max_instances", 1),
         timeout=_parse_timeout(where, data.get("timeout")),
-        backoff=_parse_backoff(where, data.get("retry_backoff")),
+        backoff=_read_backoff(where, data.get("retry_backoff"), RetryBackoff.from_mapping),
     )
 
 
-def _parse_backoff(where: str, value: object) -> RetryBackoff | None:
+def _read_backoff(
+    where: str, value: object, read: Callable[[str, object], RetryBackoff]
+) -> RetryBackoff | None:
+    """A task's retry backoff from a job file or a submission (None when absent)."""
     if value is None:
         return None
     try:
-        return RetryBackoff.from_mapping(where, value)
+        return read(where, value)
     except RetryBackoffError as error:
         raise JobError(str(error)) from error
 
@@ -580,15 +583,6 @@ def _decode_timeouts(where: str, value: object) -> TaskTimeouts:
     return TaskTimeouts(value[0], value[1])
 
 
-def _decode_backoff(where: str, value: object) -> RetryBackoff | None:
-    if value is None:
-        return None
-    try:
-        return RetryBackoff.from_document(where, value)
-    except RetryBackoffError as error:
-        raise JobError(str(error)) from error
-
-
 def _decode_aux(role: str, value: object) -> AuxTask | None:
     if value is None:
         return None
@@ -643,7 +637,7 @@ def decode_job(graph_bytes: bytes, inputs_bytes: bytes) -> Job:
                     raw["retries"],
                     raw["max_instances"],
                     _decode_timeouts(where, raw["timeout"]),
-                    _decode_backoff(where, raw.get("retry_backoff")),
+                    _read_backoff(where, raw.get("retry_backoff"), RetryBackoff.from_document),
                 )
             )
         except (KeyError, IndexError, TypeError) as error:

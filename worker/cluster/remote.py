@@ -17,34 +17,45 @@ from worker.cluster.jobs import Job, encode_job
 from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JobState
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
 
-__all__ = ["run_remote"]
+__all__ = ["run_remote", "start_job"]
 
 _CALL_TIMEOUT_SEC: Final = 30.0
 _POLL_SEC: Final = 0.2
+
+
+def start_job(
+    channel: grpc.Channel, job: Job
+) -> tuple[storage_pb2_grpc.JobOrchestrationServiceStub, int]:
+    """Register ``job`` in the default resource group and start it; ``(jobs stub, job id)``.
+
+    Raises ``grpc.RpcError`` if the storage cannot be reached or refuses the job.
+    """
+    graph, inputs = encode_job(job)
+    jobs = storage_pb2_grpc.JobOrchestrationServiceStub(channel)
+    groups = storage_pb2_grpc.ResourceGroupManagementServiceStub(channel)
+    group = groups.AddResourceGroup(
+        storage_pb2.AddResourceGroupRequest(external_resource_group_id=DEFAULT_RESOURCE_GROUP),
+        timeout=_CALL_TIMEOUT_SEC,
+    ).resource_group_id
+    job_id = jobs.RegisterJob(
+        storage_pb2.RegisterJobRequest(
+            resource_group_id=group,
+            compressed_serialized_task_graph=graph,
+            compressed_serialized_inputs=inputs,
+        ),
+        timeout=_CALL_TIMEOUT_SEC,
+    ).job_id
+    jobs.StartJob(storage_pb2.JobIdRequest(job_id=job_id), timeout=_CALL_TIMEOUT_SEC)
+    return jobs, job_id
 
 
 def run_remote(job: Job, address: str, *, timeout_sec: float) -> list[Any]:
     """Register and start ``job`` at the storage ``address`` (``host:port``), wait, and return
     its outputs; raises ``worker.api.JobFailedError`` unless it succeeded, and ``grpc.RpcError``
     if the storage cannot be reached or refuses the job."""
-    graph, inputs = encode_job(job)
     with grpc.insecure_channel(address) as channel:
-        jobs = storage_pb2_grpc.JobOrchestrationServiceStub(channel)
-        groups = storage_pb2_grpc.ResourceGroupManagementServiceStub(channel)
-        group = groups.AddResourceGroup(
-            storage_pb2.AddResourceGroupRequest(external_resource_group_id=DEFAULT_RESOURCE_GROUP),
-            timeout=_CALL_TIMEOUT_SEC,
-        ).resource_group_id
-        job_id = jobs.RegisterJob(
-            storage_pb2.RegisterJobRequest(
-                resource_group_id=group,
-                compressed_serialized_task_graph=graph,
-                compressed_serialized_inputs=inputs,
-            ),
-            timeout=_CALL_TIMEOUT_SEC,
-        ).job_id
+        jobs, job_id = start_job(channel, job)
         request = storage_pb2.JobIdRequest(job_id=job_id)
-        jobs.StartJob(request, timeout=_CALL_TIMEOUT_SEC)
         deadline = time.monotonic() + timeout_sec
         while True:
             state = JobState(jobs.GetJobState(request, timeout=_CALL_TIMEOUT_SEC).state)

@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 
 from worker.cluster.codec import FrameError, decode_output_values
-from worker.cluster.jobs import JobError, encode_job, load_job_file
+from worker.cluster.jobs import JobError, load_job_file
+from worker.cluster.remote import start_job
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
-from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JobState
+from worker.cluster.storage import JobState
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
 
 __all__ = ["main"]
@@ -49,26 +50,9 @@ def main(argv: Sequence[str]) -> int:
     except JobError as error:
         print(f"submit: {error}")
         return EXIT_USAGE
-    graph, inputs = encode_job(job)
     with grpc.insecure_channel(f"{args.host}:{args.port}") as channel:
-        jobs = storage_pb2_grpc.JobOrchestrationServiceStub(channel)
-        groups = storage_pb2_grpc.ResourceGroupManagementServiceStub(channel)
         try:
-            group = groups.AddResourceGroup(
-                storage_pb2.AddResourceGroupRequest(
-                    external_resource_group_id=DEFAULT_RESOURCE_GROUP
-                ),
-                timeout=10,
-            ).resource_group_id
-            job_id = jobs.RegisterJob(
-                storage_pb2.RegisterJobRequest(
-                    resource_group_id=group,
-                    compressed_serialized_task_graph=graph,
-                    compressed_serialized_inputs=inputs,
-                ),
-                timeout=30,
-            ).job_id
-            jobs.StartJob(storage_pb2.JobIdRequest(job_id=job_id), timeout=10)
+            jobs, job_id = start_job(channel, job)
         except grpc.RpcError as error:
             return _rpc_failure(f"storage at {args.host}:{args.port}", error)
         print(job_id, flush=True)

@@ -1,7 +1,8 @@
 """Cluster benchmark: throughput, per-task latency breakdown and memory on the local cluster.
 
 ``python -m bench cluster`` (or ``main([...])``) runs, on the embedded reference cluster over
-loopback with real worker processes, a job of trivial tasks with 1, 2 and 4 workers, and reports:
+loopback with real worker processes, a job of trivial tasks with 1, 2 and 4 workers (``--workers``)
+of 1 slot each (``--slots 1,2,4`` runs every worker count with each slot count), and reports:
 
 * throughput (tasks/s) from job start to the job's end;
 * a per-task latency breakdown from server-side timestamps of the three RPCs of each task:
@@ -97,6 +98,7 @@ def _p90_ms(values: list[float]) -> str:
 @attrs.frozen
 class _RunResult:
     workers: int
+    slots: int
     tasks: int
     seconds: float
     breakdown: dict[str, list[float]]
@@ -104,21 +106,28 @@ class _RunResult:
     executor_rss_mb: float
 
 
-def _run_cluster(workers: int, tasks: int, workdir: Path) -> _RunResult:
+def _run_cluster(workers: int, slots: int, tasks: int, workdir: Path) -> _RunResult:
     timeline = _Timeline()
-    with EmbeddedCluster(ClusterSettings(database=workdir / f"bench-{workers}.db")) as cluster:
+    name = f"bench-{workers}x{slots}"
+    with EmbeddedCluster(ClusterSettings(database=workdir / f"{name}.db")) as cluster:
         cluster.scheduler_server.hooks.observer = timeline.observe
         cluster.storage_server.hooks.observer = timeline.observe
         config = cluster.worker_config(
-            EXAMPLES_DIR, poll_wait_ms=1000, heartbeat_sec=1.0, log_level="warning"
+            EXAMPLES_DIR,
+            poll_wait_ms=1000,
+            heartbeat_sec=1.0,
+            log_level="warning",
+            extra={"slots": slots},
         )
-        processes = [WorkerProcess(f"bench-{workers}-{i}", config, workdir) for i in range(workers)]
+        processes = [WorkerProcess(f"{name}-{i}", config, workdir) for i in range(workers)]
         try:
-            # The clock starts once every worker is registered and blocked in its long poll.
+            # The clock starts once every slot of every worker is blocked in its long poll.
             deadline = time.monotonic() + 60
-            while cluster.scheduler.waiting_polls < workers:
+            while cluster.scheduler.waiting_polls < workers * slots:
                 if time.monotonic() >= deadline:
-                    raise RuntimeError(f"{workers} workers did not all reach their long poll")
+                    raise RuntimeError(
+                        f"{workers} workers of {slots} slots did not all reach their long poll"
+                    )
                 time.sleep(0.01)
             builder = JobBuilder("bench", package_dir=EXAMPLES_DIR)
             for index in range(tasks):
@@ -136,7 +145,9 @@ def _run_cluster(workers: int, tasks: int, workdir: Path) -> _RunResult:
             for process in processes:
                 process.stop(timeout_sec=30)
                 process.close()
-    return _RunResult(workers, tasks, seconds, _breakdown(timeline), worker_rss, executor_rss)
+    return _RunResult(
+        workers, slots, tasks, seconds, _breakdown(timeline), worker_rss, executor_rss
+    )
 
 
 def _breakdown(timeline: _Timeline) -> dict[str, list[float]]:
@@ -259,9 +270,13 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench cluster")
     parser.add_argument("--tasks-per-worker", type=int, default=400)
     parser.add_argument("--workers", default="1,2,4", help="comma-separated worker counts")
+    parser.add_argument("--slots", default="1", help="comma-separated slots per worker")
     parser.add_argument("--floor-iterations", type=int, default=500)
     args = parser.parse_args(list(argv))
     counts = [int(n) for n in args.workers.split(",")]
+    slot_counts = [int(n) for n in args.slots.split(",")]
+    if min(counts + slot_counts) < 1:
+        parser.error("--workers and --slots take counts >= 1")
     # Duplicate acks from draining workers are expected (at-least-once); keep the tables clean.
     logging.getLogger("worker.cluster").setLevel(logging.ERROR)
 
@@ -269,16 +284,17 @@ def main(argv: Sequence[str]) -> int:
     floor_per_task = sum(floor.values())
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as name:
-        for workers in counts:
-            results.append(_run_cluster(workers, args.tasks_per_worker * workers, Path(name)))
+        for workers, slots in itertools.product(counts, slot_counts):
+            tasks = args.tasks_per_worker * workers
+            results.append(_run_cluster(workers, slots, tasks, Path(name)))
 
     print("### Throughput (trivial tasks, local cluster, loopback)\n")
-    print("| workers | tasks | seconds | tasks/s | vs floor (1 worker) |")
-    print("|---|---|---|---|---|")
+    print("| workers | slots | tasks | seconds | tasks/s | vs floor (1 worker) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         rate = r.tasks / r.seconds
         share = f"{rate * floor_per_task / r.workers:.0%}"
-        print(f"| {r.workers} | {r.tasks} | {r.seconds:.2f} | {rate:.0f} | {share} |")
+        print(f"| {r.workers} | {r.slots} | {r.tasks} | {r.seconds:.2f} | {rate:.0f} | {share} |")
     print("\n### Per-task latency (ms; median / p90, server-side timestamps)\n")
     names = [
         "poll",
@@ -289,18 +305,18 @@ def main(argv: Sequence[str]) -> int:
         "cycle",
         "next poll - report",
     ]
-    print("| workers | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
+    print("| workers | slots | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
     for r in results:
         cells = [f"{_median_ms(r.breakdown[n])} / {_p90_ms(r.breakdown[n])}" for n in names]
-        print(f"| {r.workers} | " + " | ".join(cells) + " |")
+        print(f"| {r.workers} | {r.slots} | " + " | ".join(cells) + " |")
     print("\n### Floor of the design (one process: bridged clients + executor round trip)\n")
     print("| part | ms per task |")
     print("|---|---|")
     for part, seconds in floor.items():
         print(f"| {part} | {seconds * 1000:.3f} |")
     print(f"| **total** | **{floor_per_task * 1000:.3f}** ({1 / floor_per_task:.0f} tasks/s) |")
-    print("\n### Memory (VmRSS after the 1-worker run)\n")
+    print("\n### Memory (VmRSS after the first run)\n")
     print("| process | MB |")
     print("|---|---|")
     print(f"| worker | {results[0].worker_rss_mb:.1f} |")

@@ -350,16 +350,15 @@ def run_local(
     """
     from worker.cluster import local
 
-    options: dict[str, Any] = {} if slots == 1 else {"slots": slots}
     run = local.run_job(
         _model(job),
         workers=workers,
+        slots=slots,
         timeout_sec=timeout_sec,
         workdir=None if workdir is None else Path(workdir),
         inherited_env=tuple(env),
         quiet=quiet,
         report=None if report is None else Path(report),
-        **options,
     )
     if run.exit_code != local.EXIT_SUCCEEDED:
         from worker.cluster.failures import failure_lines

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import attrs
 import cattrs
 import cattrs.gen
 import yaml
+
+from worker.security import first_unreadable
 
 if TYPE_CHECKING:
     from worker.executor.settings import PoolSettings
@@ -38,11 +41,14 @@ __all__ = [
     "LivenessConfig",
     "LoadedConfig",
     "LogConfig",
+    "RunAs",
     "ShutdownConfig",
+    "FRAME_HEADROOM_BYTES",
     "TaskExecutorConfig",
     "WorkerConfig",
     "load_config",
     "parse_config",
+    "task_executor_problem",
 ]
 
 #: Environment variables that override endpoint keys (applied over the file's values).
@@ -54,7 +60,8 @@ ENV_OVERRIDES: Final[Mapping[str, tuple[str, str]]] = {
 }
 
 _UINT64_MAX: Final = 2**64 - 1
-_FRAME_HEADROOM: Final = 64 * 1024  # executor.md 2.3: a frame must hold LIMIT plus its envelope
+#: executor.md 2.3: a parent/executor frame must hold LIMIT (grpc.max_send_bytes) plus its envelope.
+FRAME_HEADROOM_BYTES: Final = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -217,6 +224,44 @@ def _executor_protocol() -> _Check:
     return _Check(description, convert)
 
 
+class RunAs(NamedTuple):
+    """The user ``task_executor.run_as`` names, resolved (executor.md §8.1)."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @property
+    def argument(self) -> str:
+        """``uid:gid``, as the executor's ``run_as=`` argument carries it."""
+        return f"{self.uid}:{self.gid}"
+
+
+def _run_as() -> _Check:
+    description = "a user name or numeric uid (the worker must run as root)"
+
+    def convert(value: Any) -> RunAs | None:
+        if value is None:
+            return None
+        try:
+            if _is_int(value) or (isinstance(value, str) and value.isdigit()):
+                entry = pwd.getpwuid(int(value))
+            elif isinstance(value, str) and value:
+                entry = pwd.getpwnam(value)
+            else:
+                raise _Invalid(f"must be {description}, got {value!r}")
+        except (KeyError, OverflowError):
+            raise _Invalid(f"no such user: {value!r}") from None
+        if os.geteuid() not in (0, entry.pw_uid):
+            raise _Invalid(
+                f"switching executors to user {entry.pw_name!r} needs a worker running as root"
+                f" (it runs as uid {os.geteuid()})"
+            )
+        return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+    return _Check(description, convert)
+
+
 def _key(doc: str, check: _Check, default_doc: str | None = None) -> dict[str, Any]:
     """Field metadata of a key: its one-line description and the check of its raw value.
 
@@ -339,6 +384,15 @@ class TaskExecutorConfig:
         metadata=_key(
             "How long closing the pool waits for queued log lines to be written.",
             _positive_number(),
+        ),
+    )
+    run_as: RunAs | None = attrs.field(
+        default=None,
+        metadata=_key(
+            "User the executors switch to (no supplementary groups) before any task code runs,"
+            " so tasks cannot read the worker's environment or memory; needs a root worker.",
+            _run_as(),
+            default_doc="the worker's own user",
         ),
     )
     protocol: str = attrs.field(
@@ -497,27 +551,19 @@ class WorkerConfig:
         )
 
     def to_pool_settings(self) -> PoolSettings:
-        """The executor pool's settings (one slot: the worker runs one task at a time)."""
+        """The executor pool's settings (one slot: the worker runs one task at a time).
+
+        Every ``task_executor`` key the pool knows is passed on under its own name.
+        """
         from worker.executor.settings import PoolSettings
 
-        executor = self.task_executor
-        return PoolSettings(
-            package_dir=executor.package_dir,
-            bin_path=executor.bin_path,
-            max_log_line_bytes=executor.max_log_line_bytes,
-            inherited_env=executor.inherited_env,
-            kill_grace_ms=executor.kill_grace_ms,
-            ready_timeout_sec=executor.ready_timeout_sec,
-            close_grace_ms=executor.close_grace_ms,
-            max_frame_bytes=executor.max_frame_bytes,
-            respawn_backoff_initial_ms=executor.respawn_backoff_initial_ms,
-            respawn_backoff_max_ms=executor.respawn_backoff_max_ms,
-            crash_loop_limit=executor.crash_loop_limit,
-            log_queue_lines=executor.log_queue_lines,
-            log_drain_timeout_sec=executor.log_drain_timeout_sec,
-            output_limit_bytes=self.grpc.max_send_bytes,
-            slots=1,
-        )
+        pool_keys = attrs.fields_dict(PoolSettings)
+        executor = {
+            field.name: getattr(self.task_executor, field.name)
+            for field in attrs.fields(TaskExecutorConfig)
+            if field.name in pool_keys
+        }
+        return PoolSettings(**executor, output_limit_bytes=self.grpc.max_send_bytes, slots=1)
 
 
 _CLASSES: Final = (
@@ -634,27 +680,68 @@ def parse_config(raw: object, environ: Mapping[str, str] | None = None) -> Loade
     return LoadedConfig(config, unknown, tuple(sorted(sources.values())))
 
 
-def _check_relations(config: WorkerConfig) -> None:
-    minimum_frame = config.grpc.max_send_bytes + _FRAME_HEADROOM
-    if config.task_executor.max_frame_bytes < minimum_frame:
-        raise ConfigError(
+def task_executor_problem(
+    *,
+    max_frame_bytes: int,
+    output_limit_bytes: int,
+    respawn_backoff_initial_ms: int,
+    respawn_backoff_max_ms: int,
+) -> tuple[str, str] | None:
+    """The first broken relation between executor settings, as ``(key, problem)``; else None.
+
+    ``output_limit_bytes`` is ``grpc.max_send_bytes``. Shared by the configuration and
+    ``worker.executor.settings.PoolSettings``.
+    """
+    minimum_frame = output_limit_bytes + FRAME_HEADROOM_BYTES
+    if max_frame_bytes < minimum_frame:
+        return (
             "task_executor.max_frame_bytes",
-            f"must be at least grpc.max_send_bytes + {_FRAME_HEADROOM} ({minimum_frame}),"
-            f" got {config.task_executor.max_frame_bytes}",
+            f"must be at least grpc.max_send_bytes + {FRAME_HEADROOM_BYTES} ({minimum_frame}),"
+            f" got {max_frame_bytes}",
         )
+    if respawn_backoff_max_ms < respawn_backoff_initial_ms:
+        return (
+            "task_executor.respawn_backoff_max_ms",
+            f"must be at least task_executor.respawn_backoff_initial_ms"
+            f" ({respawn_backoff_initial_ms}), got {respawn_backoff_max_ms}",
+        )
+    return None
+
+
+def _check_relations(config: WorkerConfig) -> None:
+    executor = config.task_executor
+    problem = task_executor_problem(
+        max_frame_bytes=executor.max_frame_bytes,
+        output_limit_bytes=config.grpc.max_send_bytes,
+        respawn_backoff_initial_ms=executor.respawn_backoff_initial_ms,
+        respawn_backoff_max_ms=executor.respawn_backoff_max_ms,
+    )
+    if problem is not None:
+        raise ConfigError(*problem)
+    _check_run_as(config.task_executor)
     if config.backoff.max_sec < config.backoff.initial_sec:
         raise ConfigError(
             "backoff.max_sec",
             f"must be at least backoff.initial_sec ({config.backoff.initial_sec}),"
             f" got {config.backoff.max_sec}",
         )
-    executor = config.task_executor
-    if executor.respawn_backoff_max_ms < executor.respawn_backoff_initial_ms:
-        raise ConfigError(
-            "task_executor.respawn_backoff_max_ms",
-            f"must be at least task_executor.respawn_backoff_initial_ms"
-            f" ({executor.respawn_backoff_initial_ms}), got {executor.respawn_backoff_max_ms}",
-        )
+
+
+def _check_run_as(executor: TaskExecutorConfig) -> None:
+    """The ``run_as`` user must reach ``package_dir`` (and ``bin_path``) through mode bits."""
+    user = executor.run_as
+    if user is None:
+        return
+    paths = [(executor.package_dir, "read and search")]
+    if executor.bin_path is not None:
+        paths.append((executor.bin_path, "read and execute"))
+    for path, access in paths:
+        blocked = first_unreadable(path, user.uid, user.gid)
+        if blocked is not None:
+            raise ConfigError(
+                "task_executor.run_as",
+                f"user {user.name!r} cannot {access} {str(path)!r} (blocked at {str(blocked)!r})",
+            )
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:

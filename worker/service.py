@@ -28,6 +28,7 @@ from worker.executor.pool import open_pool
 from worker.exit_codes import ExitCode
 from worker.logging_setup import configure_logging
 from worker.runtime.runtime import WorkerRuntime
+from worker.security import make_non_dumpable
 from worker.signal_latch import STOP_SIGNALS, SignalLatch, install_latch
 from worker.transport.connections import ClusterConnections, ConnectFailed
 
@@ -194,6 +195,8 @@ async def _serve(
 def main(argv: Sequence[str]) -> int:
     """``python -m worker --config FILE``: the process exit code."""
     latch = install_latch()  # usually already installed by worker.cli, before this import
+    # First: tasks and other processes of this user must not read our environment or memory.
+    make_non_dumpable()
     try:
         arguments = _parser().parse_args(list(argv))
     except SystemExit as exit_request:  # --help (0) or a bad command line (2)

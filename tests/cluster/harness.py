@@ -6,6 +6,11 @@ worker (and the executors it started) so no process outlives a test.
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +18,7 @@ from typing import Any
 
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import Job, JobBuilder
-from worker.cluster.processes import WorkerProcess
+from worker.cluster.processes import WorkerProcess, descendants, worker_environment
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JobState, StorageSettings
 
@@ -129,3 +134,109 @@ class E2E:
         for process in self.workers:
             process.close()
         self.cluster.stop()
+
+
+def start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in ticks), or None when gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if fields[0] in {"Z", "X"}:
+        return None
+    return fields[19]
+
+
+class ProcessCensus:
+    """Every process any worker started, as (pid, start time), sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, str]] = set()
+        self._roots: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="census", daemon=True)
+
+    def watch(self, pid: int) -> None:
+        with self._lock:
+            self._roots.append(pid)
+        self.sample()
+
+    def sample(self) -> None:
+        with self._lock:
+            roots = list(self._roots)
+        for root in roots:
+            for pid in descendants(root):
+                started = start_time(pid)
+                if started is not None:
+                    self.seen.add((pid, started))
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.sample()
+
+    def __enter__(self) -> ProcessCensus:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def alive(self) -> list[int]:
+        """The pids seen that still run the same process (pids get reused)."""
+        return [pid for pid, started in self.seen if start_time(pid) == started]
+
+
+def run_command(
+    args: list[str], cwd: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m worker ARGS`` to its end and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=worker_environment(),
+        cwd=cwd,
+        check=False,
+    )
+
+
+def serve_cluster(
+    tmp_path: Path, *ports: str, database: Path | None = None
+) -> tuple[subprocess.Popen[str], int, int, int]:
+    """Start ``python -m worker cluster``; returns it, its storage and scheduler ports, session."""
+    storage_port, scheduler_port = ports if ports else ("0", "0")
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "worker", "cluster"),
+            *("--storage-port", storage_port, "--scheduler-port", scheduler_port),
+            *("--db", str(database or tmp_path / "c.db"), "--log-level", "warning"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=worker_environment(),
+        cwd=tmp_path,
+    )
+    assert server.stdout is not None
+    banner = server.stdout.readline()
+    pattern = r"storage on [\d.]+:(\d+), scheduler on [\d.]+:(\d+), session (\d+)"
+    match = re.search(pattern, banner)
+    if not match:
+        server.kill()
+        server.wait(10)
+        raise AssertionError(banner + server.stdout.read())
+    return server, int(match[1]), int(match[2]), int(match[3])
+
+
+def stop_cluster(server: subprocess.Popen[str]) -> int:
+    """SIGTERM a served cluster and return its exit code (killed if it does not stop)."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        return server.wait(timeout=30)
+    finally:
+        server.kill()
+        server.wait(10)

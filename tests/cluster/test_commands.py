@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.harness import TASKS_DIR, wait_for
+from tests.cluster.harness import (
+    E2E,
+    TASKS_DIR,
+    run_command,
+    serve_cluster,
+    stop_cluster,
+    wait_for,
+)
 from worker.cluster.processes import (
     WorkerProcess,
     command_line,
@@ -28,59 +34,12 @@ from worker.cluster.storage import JobState
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=worker_environment(),
-        cwd=cwd,
-        check=False,
-    )
-
-
 def _job_file(path: Path, tasks: list[dict[str, object]]) -> Path:
     path.write_text(
         yaml.safe_dump({"name": path.stem, "package_dir": str(TASKS_DIR), "tasks": tasks}),
         encoding="utf-8",
     )
     return path
-
-
-def _serve(tmp_path: Path, *ports: str) -> tuple[subprocess.Popen[str], int, int, int]:
-    """Start ``python -m worker cluster``; returns it, its storage and scheduler ports, session."""
-    storage_port, scheduler_port = ports if ports else ("0", "0")
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "worker", "cluster"),
-            *("--storage-port", storage_port, "--scheduler-port", scheduler_port),
-            *("--db", str(tmp_path / "c.db"), "--log-level", "warning"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=worker_environment(),
-        cwd=tmp_path,
-    )
-    assert server.stdout is not None
-    banner = server.stdout.readline()
-    pattern = r"storage on [\d.]+:(\d+), scheduler on [\d.]+:(\d+), session (\d+)"
-    match = re.search(pattern, banner)
-    if not match:
-        server.kill()
-        server.wait(10)
-        raise AssertionError(banner + server.stdout.read())
-    return server, int(match[1]), int(match[2]), int(match[3])
-
-
-def _stop(server: subprocess.Popen[str]) -> int:
-    server.send_signal(signal.SIGTERM)
-    try:
-        return server.wait(timeout=30)
-    finally:
-        server.kill()
-        server.wait(10)
 
 
 def _worker_config(storage_port: int, scheduler_port: int) -> dict[str, object]:
@@ -98,7 +57,7 @@ def _worker_config(storage_port: int, scheduler_port: int) -> dict[str, object]:
 
 
 def test_cluster_serves_submit_wait_and_a_worker_runs_the_job(tmp_path: Path) -> None:
-    server, storage_port, scheduler_port, _ = _serve(tmp_path)
+    server, storage_port, scheduler_port, _ = serve_cluster(tmp_path)
     worker: WorkerProcess | None = None
     try:
         config = _worker_config(storage_port, scheduler_port)
@@ -116,7 +75,7 @@ def test_cluster_serves_submit_wait_and_a_worker_runs_the_job(tmp_path: Path) ->
                 },
             ],
         )
-        done = _run(
+        done = run_command(
             ["submit", str(job), "--port", str(storage_port), "--wait", "--timeout", "120"],
             tmp_path,
         )
@@ -129,7 +88,7 @@ def test_cluster_serves_submit_wait_and_a_worker_runs_the_job(tmp_path: Path) ->
     finally:
         if worker is not None:
             worker.close()
-        code = _stop(server)
+        code = stop_cluster(server)
     assert code == 0
 
 
@@ -138,21 +97,21 @@ def test_a_restarted_cluster_recovers_the_unfinished_job_in_a_new_session(tmp_pa
         tmp_path / "one.yaml",
         [{"name": "a", "module": "cluster_tasks", "function": "echo", "inputs": [7]}],
     )
-    server, storage_port, scheduler_port, first_session = _serve(tmp_path)
+    server, storage_port, scheduler_port, first_session = serve_cluster(tmp_path)
     try:
-        submitted = _run(["submit", str(job), "--port", str(storage_port)], tmp_path)
+        submitted = run_command(["submit", str(job), "--port", str(storage_port)], tmp_path)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         job_id = submitted.stdout.strip()
     finally:
-        assert _stop(server) == 0
+        assert stop_cluster(server) == 0
     # Nobody ran it; the next storage process finds it RUNNING in the database and re-enqueues it.
-    server, storage_port, scheduler_port, second_session = _serve(
+    server, storage_port, scheduler_port, second_session = serve_cluster(
         tmp_path, str(storage_port), str(scheduler_port)
     )
     worker = WorkerProcess("worker", _worker_config(storage_port, scheduler_port), tmp_path)
     try:
         assert second_session == first_session + 1
-        followed = _run(
+        followed = run_command(
             ["submit", str(job), "--port", str(storage_port), "--wait", "--timeout", "120"],
             tmp_path,
         )
@@ -168,7 +127,7 @@ def test_a_restarted_cluster_recovers_the_unfinished_job_in_a_new_session(tmp_pa
         assert channel_state.stdout.strip() == "SUCCEEDED", channel_state.stderr
     finally:
         worker.close()
-        _stop(server)
+        stop_cluster(server)
 
 
 _JOB_STATE = """
@@ -192,16 +151,16 @@ def test_local_exits_1_for_a_failed_job_and_2_for_a_bad_job_file(tmp_path: Path)
         tmp_path / "fail.yaml",
         [{"name": "bad", "module": "cluster_tasks", "function": "always_fail", "outputs": 0}],
     )
-    failed = _run(["local", str(failing), "--workers", "1", "--no-progress"], tmp_path)
+    failed = run_command(["local", str(failing), "--workers", "1", "--no-progress"], tmp_path)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "in-task failure: ValueError: this task always fails" in failed.stdout
     bad = _job_file(
         tmp_path / "bad.yaml",
         [{"name": "x", "module": "cluster_tasks", "function": "echo", "inputs": [{"ref": "y"}]}],
     )
-    rejected = _run(["local", str(bad)], tmp_path)
+    rejected = run_command(["local", str(bad)], tmp_path)
     assert rejected.returncode == 2
-    assert "task 'x': inputs[0]: unknown task 'y'" in rejected.stdout
+    assert rejected.stderr == "local: task 'x': inputs[0]: unknown task 'y'\n"
 
 
 def _running_tasks(database: Path) -> int:
@@ -288,23 +247,59 @@ def test_submit_names_the_problem_for_a_bad_file_and_an_unreachable_storage(
         tmp_path / "bad.yaml",
         [{"name": "x", "module": "cluster_tasks", "function": "echo", "retries": -1}],
     )
-    rejected = _run(["submit", str(bad), "--port", "1"], tmp_path, timeout=60)
+    rejected = run_command(["submit", str(bad), "--port", "1"], tmp_path, timeout=60)
     assert rejected.returncode == 2, rejected.stdout + rejected.stderr
-    assert "task 'x': retries: must be an integer >= 0, got -1" in rejected.stdout
+    assert rejected.stderr == "submit: task 'x': retries: must be an integer >= 0, got -1\n"
     good = _job_file(
         tmp_path / "good.yaml", [{"name": "x", "module": "cluster_tasks", "function": "echo"}]
     )
     # Port 1 on loopback: nothing listens there.
-    unreachable = _run(["submit", str(good), "--port", "1"], tmp_path, timeout=60)
+    unreachable = run_command(["submit", str(good), "--port", "1"], tmp_path, timeout=60)
     assert unreachable.returncode == 3, unreachable.stdout + unreachable.stderr
-    assert unreachable.stderr == "", unreachable.stderr
-    assert unreachable.stdout.startswith("submit: storage at 127.0.0.1:1: UNAVAILABLE: ")
+    assert unreachable.stdout == "", unreachable.stdout
+    assert unreachable.stderr.startswith("submit: storage at 127.0.0.1:1: UNAVAILABLE: ")
+    assert unreachable.stderr.count("\n") == 1, unreachable.stderr
+
+
+def test_local_writes_the_slots_into_every_worker_config(tmp_path: Path) -> None:
+    job = _job_file(
+        tmp_path / "two.yaml",
+        [
+            {"name": "a", "module": "cluster_tasks", "function": "echo", "inputs": [1]},
+            {"name": "b", "module": "cluster_tasks", "function": "echo", "inputs": [2]},
+        ],
+    )
+    work = tmp_path / "work"
+    done = run_command(
+        [
+            "local",
+            str(job),
+            "--workers",
+            "2",
+            "--slots",
+            "3",
+            "--workdir",
+            str(work),
+            "--no-progress",
+            "--heartbeat-sec",
+            "0.2",
+            "--poll-wait-ms",
+            "200",
+        ],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    configs = sorted(work.glob("worker-*.yaml"))
+    assert [path.name for path in configs] == ["worker-1.yaml", "worker-2.yaml"]
+    for path in configs:
+        assert yaml.safe_load(path.read_text(encoding="utf-8"))["slots"] == 3
 
 
 @pytest.mark.parametrize(
     ("option", "message"),
     [
         (["--workers", "0"], "local: --workers must be at least 1"),
+        (["--slots", "0"], "local: --slots must be at least 1"),
         (["--timeout", "0"], "local: --timeout must be > 0"),
         (["--poll-wait-ms", "-1"], "local: --poll-wait-ms must be >= 0"),
         (["--heartbeat-sec", "0"], "local: --heartbeat-sec must be > 0"),
@@ -316,7 +311,7 @@ def test_local_rejects_bad_options_before_starting_anything(
     from worker.cluster import local
 
     assert local.main(option) == local.EXIT_USAGE
-    assert capsys.readouterr().out.strip() == message
+    assert capsys.readouterr().err == message + "\n"
 
 
 @pytest.mark.parametrize(
@@ -334,7 +329,7 @@ def test_cluster_rejects_bad_options_before_serving(
     from worker.cluster import serve
 
     assert serve.main(option) == serve.EXIT_USAGE
-    assert capsys.readouterr().out.strip() == message
+    assert capsys.readouterr().err == message + "\n"
 
 
 def test_cluster_names_a_database_it_cannot_open(
@@ -345,6 +340,108 @@ def test_cluster_names_a_database_it_cannot_open(
     database = tmp_path / "missing" / "c.db"
     ports = ["--storage-port", "0", "--scheduler-port", "0"]
     assert serve.main([*ports, "--db", str(database)]) == serve.EXIT_FAILED
-    assert capsys.readouterr().out.strip() == (
-        f"cluster: cannot start: unable to open database file (database {database})"
+    assert capsys.readouterr().err == (
+        f"cluster: cannot start: cannot open database {database}: No such file or directory"
+        f" (creating {database}.lock)\n"
+    )
+
+
+def _start_submit(
+    tmp_path: Path, job: Path, port: int, *options: str
+) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``submit JOB --wait`` in the background; its stdout and stderr go to files."""
+    out, err = tmp_path / "submit.out", tmp_path / "submit.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "submit",
+                str(job),
+                "--port",
+                str(port),
+                "--wait",
+                *options,
+            ],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            env=worker_environment(),
+            cwd=tmp_path,
+        )
+    return process, out, err
+
+
+def _finished(process: subprocess.Popen[str], timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _notices(err: Path) -> list[str]:
+    lines = err.read_text().splitlines()
+    assert all(line.startswith("submit: ") for line in lines), lines
+    return lines
+
+
+def test_submit_wait_rides_out_a_storage_restart_and_follows_the_job(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    e2e.start_worker()
+    job = _job_file(
+        tmp_path / "slow.yaml",
+        [
+            {"name": f"t{i}", "module": "cluster_tasks", "function": "sleepy", "inputs": [0.3, i]}
+            for i in range(8)
+        ],
+    )
+    port = e2e.cluster.storage_port
+    submit, out, err = _start_submit(
+        tmp_path, job, port, "--timeout", "120", "--idle-hint-sec", "3"
+    )
+    try:
+        wait_for(lambda: out.read_text().strip().isdigit(), 60, "the job id")
+        job_id = int(out.read_text())
+        wait_for(lambda: sum(e2e.successes(job_id).values()) >= 2, 60, "some progress")
+        old_session = e2e.cluster.storage.session_id
+        e2e.cluster.storage_outage(1.5, restart=True)
+        code = _finished(submit, 120)
+    finally:
+        _finished(submit, 0)
+    assert code == 0, out.read_text() + err.read_text() + e2e.logs()
+    assert out.read_text().splitlines() == [
+        str(job_id),
+        f"job {job_id}: SUCCEEDED",
+        "outputs: " + ", ".join(str(i) for i in range(8)),
+    ]
+    notices = _notices(err)
+    assert f"submit: lost the storage at 127.0.0.1:{port} (UNAVAILABLE); reconnecting" in notices
+    assert any(
+        line.startswith(f"submit: storage at 127.0.0.1:{port} is back after ") for line in notices
+    )
+    assert (
+        f"submit: storage restarted (session {old_session} -> {old_session + 1}): "
+        f"job {job_id}'s unfinished tasks run again from its submission"
+    ) in notices
+    assert not any("no worker has asked" in line for line in notices), notices
+
+
+def test_submit_wait_says_when_no_worker_asks_for_work(e2e: E2E, tmp_path: Path) -> None:
+    job = _job_file(
+        tmp_path / "one.yaml", [{"name": "a", "module": "cluster_tasks", "function": "echo"}]
+    )
+    port = e2e.cluster.storage_port
+    submit, out, err = _start_submit(tmp_path, job, port, "--timeout", "4", "--idle-hint-sec", "1")
+    code = _finished(submit, 60)
+    assert code == 1, out.read_text() + err.read_text()
+    job_id = out.read_text().splitlines()[0]
+    assert out.read_text().splitlines()[1] == f"job {job_id}: still RUNNING after 4 s"
+    hints = [line for line in _notices(err) if "no worker has asked the scheduler" in line]
+    assert len(hints) == 1, err.read_text()
+    assert hints[0].endswith(
+        "is a worker running against this cluster (python -m worker --config FILE)?"
     )

@@ -15,11 +15,11 @@ import msgpack
 import pytest
 
 from tests.cluster.harness import E2E, TASKS_DIR, sleepy_job, wait_for
-from worker.cluster.codec import decode_task_outputs
 from worker.cluster.jobs import JobBuilder, TaskTimeouts, ref
 from worker.cluster.processes import worker_environment
 from worker.cluster.storage import JobState
 from worker.examples.fibonacci_tasks import fibonacci
+from worker.executor.wire import decode_graph_outputs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ def test_a_200_task_job_on_three_workers_succeeds_each_task_once(e2e: E2E) -> No
     assert e2e.wait_job(job_id) is JobState.SUCCEEDED
     _assert_each_succeeded_once(e2e, job_id)
     assert len(e2e.successes(job_id)) == 200
-    outputs = decode_task_outputs(e2e.cluster.storage.job_outputs(job_id))
+    outputs = decode_graph_outputs(e2e.cluster.storage.job_outputs(job_id))
     sinks = [msgpack.unpackb(p) for p in outputs]
     assert sinks[-1] == sum(range(0, 199, 10))
     # Every worker took part, and no acknowledgement went missing or was doubled.
@@ -124,6 +124,27 @@ def test_failing_task_is_retried_then_a_task_without_retries_fails_the_job(
     error = e2e.cluster.storage.job_error(failed)
     assert error == "in-task failure: ValueError: this task always fails"
     assert e2e.cluster.storage.task_rows(failed)[0].failures == 2
+
+
+def test_a_task_returning_the_wrong_number_of_outputs_fails_its_job_and_spends_retries(
+    e2e: E2E,
+) -> None:
+    e2e.start_worker()
+    # ``echo`` returns one value; the job declares two. Storage fails the instance; the
+    # downstream task never runs, and the job ends instead of hanging.
+    job_id = e2e.submit(
+        JobBuilder("miscount", package_dir=TASKS_DIR)
+        .task("pair", "cluster_tasks", "echo", [7], outputs=2, retries=1)
+        .task("after", "cluster_tasks", "add", [ref("pair"), ref("pair", 1)])
+        .build()
+    )
+    assert e2e.wait_job(job_id, timeout=60) is JobState.FAILED
+    expected = "output count mismatch: task pair declared 2 outputs, returned 1"
+    assert e2e.cluster.storage.job_error(job_id) == expected
+    pair, after = e2e.cluster.storage.task_rows(job_id)
+    assert (pair.state, pair.attempts, pair.failures, pair.successes) == ("failed", 2, 2, 0)
+    assert after.attempts == 0
+    assert e2e.cluster.storage.live_instances() == {}
 
 
 def test_hard_timeout_kills_the_task_and_fails_it(e2e: E2E) -> None:

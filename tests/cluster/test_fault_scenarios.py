@@ -175,6 +175,32 @@ def test_storage_outage_loses_no_report(patient: E2E) -> None:
     assert worker.poll() is None
 
 
+def test_after_a_long_storage_restart_live_workers_stay_and_a_dead_one_is_reaped(
+    e2e: E2E,
+) -> None:
+    cutoff = 2.0  # the e2e harness's stale cutoff
+    survivor, survivor_id = e2e.start_worker()
+    victim, victim_id = e2e.start_worker()
+    victim.signal(signal.SIGKILL)
+    assert victim.wait(30) is not None
+    # Storage is down longer than the cutoff, then comes back in a new session.
+    e2e.cluster.storage_outage(cutoff + 1.0, restart=True)
+    restarted = time.monotonic()
+
+    def state(em_id: int) -> str:
+        row = e2e.cluster.storage.db.em(em_id)
+        assert row is not None
+        return row.state
+
+    wait_for(lambda: state(victim_id) == "dead", 30, "the dead worker to be reaped")
+    # The survivor is judged from the restart: still registered two cutoffs later.
+    wait_for(lambda: time.monotonic() >= restarted + 2 * cutoff, 30, "two cutoffs")
+    assert state(survivor_id) == "alive", e2e.logs()
+    assert survivor.poll() is None
+    job_id = e2e.submit(_one_task("after-restart").build())
+    assert e2e.wait_job(job_id) is JobState.SUCCEEDED
+
+
 def test_scheduler_outage_loses_no_record_and_workers_carry_on(patient: E2E) -> None:
     e2e = patient
     worker, _ = e2e.start_worker()

@@ -7,17 +7,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zstandard
-from hypothesis import given
-from hypothesis import strategies as st
 
-from worker.cluster.codec import (
-    FrameError,
-    decode_frame,
-    decode_output_values,
-    decode_task_outputs,
-    encode_frame,
-    encode_task_outputs,
-)
 from worker.cluster.jobs import (
     JobBuilder,
     JobError,
@@ -187,38 +177,6 @@ def test_malformed_submissions_raise_job_error(graph: bytes, inputs: bytes) -> N
 def test_literal_keeps_one_msgpack_value() -> None:
     assert Literal.of(10).payload == b"\x0a"
     assert Literal.of(10).value == 10
-
-
-@given(st.lists(st.binary(max_size=300), max_size=12))
-def test_frames_and_task_outputs_round_trip(payloads: list[bytes]) -> None:
-    assert decode_frame(encode_frame(payloads)) == payloads
-    encoded = encode_task_outputs(payloads)
-    assert encoded[0] == (1 if sum(map(len, payloads)) > 1024 else 0)
-    assert decode_task_outputs(encoded) == payloads
-
-
-def test_task_outputs_follow_the_spec_example_and_the_zstd_rule() -> None:
-    payloads = [msgpack.packb(v) for v in (3, -1, -2)]
-    assert encode_task_outputs(payloads).hex() == "0003000000010000000301000000ff01000000fe"
-    big = encode_task_outputs([b"x" * 1025])
-    assert big[0] == 1
-    # Written by a streaming compressor: the frame header carries no content size.
-    assert zstandard.get_frame_parameters(big[1:]).content_size == zstandard.CONTENTSIZE_UNKNOWN
-
-
-@pytest.mark.parametrize("data", [b"", b"\x00\x01", b"\x02\x00\x00\x00\x00", b"\x01garbage"])
-def test_malformed_task_outputs_raise(data: bytes) -> None:
-    with pytest.raises(FrameError):
-        decode_task_outputs(data)
-
-
-def test_output_values_decode_each_payload_and_reject_a_non_msgpack_one() -> None:
-    assert decode_output_values(encode_task_outputs([msgpack.packb(v) for v in (3, "x")])) == [
-        3,
-        "x",
-    ]
-    with pytest.raises(FrameError, match="not one msgpack value"):
-        decode_output_values(encode_task_outputs([b"\xc1"]))
 
 
 def test_repository_examples_load() -> None:

@@ -3,12 +3,11 @@ encoding, and storage's waiting state."""
 
 from __future__ import annotations
 
-import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.cluster.codec import encode_frame
+from worker import taskio
 from worker.cluster.db import Database
 from worker.cluster.jobs import (
     DEFAULT_SOFT_TIMEOUT_MS,
@@ -152,7 +151,7 @@ def test_attempts_record_worker_times_and_outcomes() -> None:
     _drain(engine)
     second = engine.register_task_instance(job_id, index0, em_id, session)
     clock.now += 1
-    outputs = encode_frame([msgpack.packb(7)])
+    outputs = taskio.encode_outputs(7)
     engine.report_success(job_id, index0, second.task_instance_id, session, outputs)
     attempts = engine.attempts(job_id)
     assert [(a.task, a.worker_id, a.outcome) for a in attempts] == [

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import pytest
 
 from tests.cluster.harness import wait_for
-from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine, SchedulerSettings
+from worker.cluster.scheduler import (
+    SchedulerBusy,
+    SchedulerClosed,
+    SchedulerEngine,
+    SchedulerSettings,
+)
 from worker.cluster.storage import Lane, ReadyTask
 from worker.model import TaskId
 
@@ -237,3 +243,46 @@ def test_a_stopped_scheduler_fails_polls() -> None:
     engine.stop()
     with pytest.raises(SchedulerClosed):
         engine.next_task(1, None, 1)
+
+
+def _waiting_poll(engine: SchedulerEngine, em_id: int) -> threading.Thread:
+    """A 30 s long poll in a thread, ended by ``engine.stop()``."""
+
+    def poll() -> None:
+        with contextlib.suppress(SchedulerClosed):
+            engine.next_task(em_id, None, 30)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    wait_for(lambda: engine.waiting_polls >= 1, 10, "the long poll")
+    return thread
+
+
+def test_poll_status_counts_idle_time_from_the_last_poll_and_zero_while_one_waits() -> None:
+    clock = Clock()
+    engine = _engine(clock)
+    clock.now += 4
+    assert engine.poll_status() == (4.0, 0)  # never polled: idle since start
+    engine.accept(3, [_ready(1, 0)])
+    assert engine.next_task(10, None, 0) is not None
+    clock.now += 2.5
+    assert engine.poll_status() == (2.5, 1)  # one assignment out, not yet acknowledged
+    waiting = _waiting_poll(engine, 10)
+    try:
+        clock.now += 7
+        assert engine.poll_status() == (0.0, 1)
+    finally:
+        engine.stop()
+        waiting.join(10)
+
+
+def test_long_polls_beyond_the_limit_are_refused() -> None:
+    engine = SchedulerEngine(Source(), SchedulerSettings(max_long_polls=1), clock=Clock())
+    waiting = _waiting_poll(engine, 10)
+    try:
+        with pytest.raises(SchedulerBusy):
+            engine.next_task(11, None, 30)
+        assert engine.next_task(11, None, 0) is None  # a poll that does not wait is served
+    finally:
+        engine.stop()
+        waiting.join(10)

@@ -8,15 +8,17 @@ from collections.abc import Iterator
 import grpc
 import msgpack
 import pytest
+import trio
 
 from tests.cluster.harness import wait_for
-from worker.cluster.codec import decode_task_outputs
 from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
 from worker.cluster.jobs import JobBuilder, encode_job
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.servers import Delay, Fail, FaultHooks, Malformed
+from worker.cluster.status import fetch_status
 from worker.cluster.storage import JobState
 from worker.errors import StatusCode
+from worker.executor.wire import decode_graph_outputs
 from worker.transport._generated.common import common_pb2
 from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
@@ -141,7 +143,7 @@ def test_full_cycle_over_grpc_with_index_zero_and_commit(
     commit_context = _register_task(
         stubs, job_id, commit.assignment.task_id, em_id, session
     ).execution_context
-    assert decode_task_outputs(commit_context.serialized_task_io) == [msgpack.packb(7)]
+    assert decode_graph_outputs(commit_context.serialized_task_io) == [msgpack.packb(7)]
     stubs.instances.ReportTaskSuccess(
         storage_pb2.ReportTaskSuccessRequest(
             job_id=job_id,
@@ -386,3 +388,107 @@ def test_an_engine_bug_is_internal_and_the_service_keeps_serving(
             _register_task(stubs, 1, common_pb2.TaskId(index=0), em_id, session)
         assert caught.value.code() == grpc.StatusCode.INTERNAL
         assert caught.value.details() == "storage service internal error"
+
+
+def _long_polls(stubs: Stubs, em_ids: list[int], per_worker: int) -> list[grpc.Future]:
+    """``per_worker`` concurrent 30 s ``NextTask`` long polls from each worker."""
+    return [
+        stubs.scheduler.NextTask.future(
+            scheduler_pb2.NextTaskRequest(execution_manager_id=em_id, wait_time_ms=30_000),
+            timeout=60,
+        )
+        for em_id in em_ids
+        for _ in range(per_worker)
+    ]
+
+
+def _heartbeats(stubs: Stubs, em_id: int) -> None:
+    """Both heartbeats of a worker, each with a 5 s deadline (long polls last 30 s)."""
+    stubs.scheduler.Heartbeat(scheduler_pb2.HeartbeatRequest(execution_manager_id=em_id), timeout=5)
+    stubs.liveness.UpdateExecutionManagerHeartbeat(
+        storage_pb2.ExecutionManagerIdRequest(execution_manager_id=em_id), timeout=5
+    )
+
+
+async def test_80_concurrent_long_polls_leave_heartbeats_prompt_and_all_get_work(
+    cluster: EmbeddedCluster, stubs: Stubs
+) -> None:
+    workers, slots = 20, 4
+    em_ids = [stubs.register()[0] for _ in range(workers)]
+    session = cluster.storage.session_id
+    polls = _long_polls(stubs, em_ids, slots)
+    try:
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(
+                wait_for,
+                lambda: cluster.scheduler.waiting_polls == workers * slots,
+                60,
+                "every long poll to wait",
+            )
+            # Every long poll holds a server thread; heartbeats and a job call still answer.
+            for em_id in em_ids:
+                await trio.to_thread.run_sync(_heartbeats, stubs, em_id)
+            job = JobBuilder("wide")
+            for index in range(workers * slots):
+                job.task(f"t{index}", "m", "f", [index])
+            job_id = cluster.submit(job.build())
+            replies = [await trio.to_thread.run_sync(poll.result) for poll in polls]
+    finally:
+        for poll in polls:
+            poll.cancel()
+    assert all(reply.WhichOneof("result") == "assignment" for reply in replies)
+    # Each worker got one assignment per concurrent poll and runs all of them at once.
+    outstanding = cluster.scheduler.outstanding()
+    assert {em_id: len(outstanding[em_id]) for em_id in em_ids} == dict.fromkeys(em_ids, slots)
+    for em_id, reply in zip([e for e in em_ids for _ in range(slots)], replies, strict=True):
+        _register_task(stubs, job_id, reply.assignment.task_id, em_id, session)
+    owners = [owner for owner, _, _ in cluster.storage.live_instances().values()]
+    assert sorted(owners) == sorted(em_id for em_id in em_ids for _ in range(slots))
+
+
+async def test_long_polls_beyond_the_limit_are_refused_at_once_and_heartbeats_still_answer() -> (
+    None
+):
+    settings = ClusterSettings(scheduler=SchedulerSettings(max_long_polls=4))
+    with EmbeddedCluster(settings) as cluster:
+        stubs = Stubs(cluster)
+        try:
+            em_id, _ = stubs.register()
+            polls = _long_polls(stubs, [em_id], 4)
+            try:
+                with trio.fail_after(60):
+                    await trio.to_thread.run_sync(
+                        wait_for, lambda: cluster.scheduler.waiting_polls == 4, 60, "4 long polls"
+                    )
+                    started = time.monotonic()
+                    refused = await trio.to_thread.run_sync(
+                        _code, lambda: stubs.next_task(em_id, 30_000)
+                    )
+                    assert refused is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert time.monotonic() - started < 10  # refused, not queued for 30 s
+                    await trio.to_thread.run_sync(_heartbeats, stubs, em_id)
+                    assert cluster.scheduler.waiting_polls == 4
+            finally:
+                for poll in polls:
+                    poll.cancel()
+        finally:
+            stubs.close()
+
+
+def test_the_status_call_answers_on_storage_and_is_unimplemented_elsewhere(
+    cluster: EmbeddedCluster, stubs: Stubs
+) -> None:
+    status = fetch_status(stubs.storage_channel, timeout_sec=TIMEOUT)
+    assert status is not None
+    assert status.session_id == cluster.storage.session_id
+    assert status.outstanding == 0
+    assert status.idle_poll_sec >= 0
+    em_id, _ = stubs.register()
+    cluster.submit(JobBuilder("s").task("a", "m", "f", [1]).build())
+    assert stubs.next_task(em_id, 5000).WhichOneof("result") == "assignment"
+    status = fetch_status(stubs.storage_channel, timeout_sec=TIMEOUT)
+    assert status is not None
+    assert status.outstanding == 1
+    assert status.idle_poll_sec < 5
+    # A server without the method (here: the scheduler's port) means "no status", not an error.
+    assert fetch_status(stubs.scheduler_channel, timeout_sec=TIMEOUT) is None

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import zstandard
 
-from worker.cluster.codec import decode_frame, decode_task_outputs, encode_frame
-from worker.cluster.db import Database
+from worker.cluster.db import Database, EmRow
 from worker.cluster.jobs import JobBuilder, TaskTimeouts, ref
 from worker.cluster.storage import (
     JobState,
@@ -19,6 +19,7 @@ from worker.cluster.storage import (
     StorageSettings,
 )
 from worker.errors import StatusCode
+from worker.executor.wire import decode_frame, decode_graph_outputs, encode_frame
 from worker.model import TaskId
 
 
@@ -99,7 +100,7 @@ def test_happy_chain_passes_outputs_to_children_and_sets_job_outputs() -> None:
     assert decode_frame(context.serialized_task_io) == [msgpack.packb(7), msgpack.packb(2)]
     engine.report_success(job_id, TaskId.of_index(1), context.task_instance_id, session, _frame(9))
     assert engine.job_state(job_id) is JobState.SUCCEEDED
-    assert decode_task_outputs(engine.job_outputs(job_id)) == [msgpack.packb(9)]
+    assert decode_graph_outputs(engine.job_outputs(job_id)) == [msgpack.packb(9)]
     rows = engine.task_rows(job_id)
     assert [(r.task, r.state, r.successes) for r in rows] == [
         ("index:0", "succeeded", 1),
@@ -191,12 +192,13 @@ def test_report_checks_run_in_the_spec_order() -> None:
     assert _fault(failure, 4242, index0, 1, session + 1, "e").code is StatusCode.NOT_FOUND
     job_id = engine.submit(JobBuilder("one").task("a", "m", "f", [1]).build())
     context = engine.register_task_instance(job_id, index0, em_id, session)
-    # A wrong output count is INTERNAL and changes nothing: the instance is still live.
-    assert _fault(report, job_id, index0, context.task_instance_id, session, _frame(1, 2)).code is (
-        StatusCode.INTERNAL
+    # A wrong output count is checked last: a report of a dead instance is only stale.
+    assert _fault(report, job_id, index0, 99, session, _frame(1, 2)).code is (
+        StatusCode.FAILED_PRECONDITION
     )
-    assert context.task_instance_id in engine.live_instances()
-    assert engine.job_state(job_id) is JobState.RUNNING
+    assert _fault(report, job_id, index0, context.task_instance_id, session, _frame(1, 2)).code is (
+        StatusCode.INVALID_ARGUMENT
+    )
 
 
 def _encoded(job: object) -> tuple[bytes, bytes]:
@@ -218,8 +220,6 @@ def test_report_success_checks_and_duplicates() -> None:
     assert _fault(report, job_id, index0, instance, session + 1, b"").code is StatusCode.NOT_FOUND
     bad_frame = _fault(report, job_id, index0, instance, session, b"\x01")
     assert bad_frame.code is StatusCode.INVALID_ARGUMENT
-    wrong_count = _fault(report, job_id, index0, instance, session, _frame(1, 2))
-    assert wrong_count.code is StatusCode.INTERNAL
     assert _fault(report, job_id, index0, 77, session, _frame(1)).code is (
         StatusCode.FAILED_PRECONDITION
     )
@@ -227,6 +227,31 @@ def test_report_success_checks_and_duplicates() -> None:
     duplicate = _fault(report, job_id, index0, instance, session, _frame(1))
     assert duplicate.code is StatusCode.FAILED_PRECONDITION
     assert engine.task_rows(job_id)[0].successes == 1
+
+
+@pytest.mark.parametrize("returned", [0, 2])
+def test_a_wrong_output_count_fails_the_instance_and_spends_a_retry(returned: int) -> None:
+    engine = _engine()
+    em_id, session = engine.register_execution_manager("0.0.0.0")
+    job_id = engine.submit(_chain_job(retries=1).build())
+    index0 = TaskId.of_index(0)
+    _drain(engine)
+    expected = f"output count mismatch: task a declared 1 outputs, returned {returned}"
+    for attempt in (1, 2):
+        instance = engine.register_task_instance(job_id, index0, em_id, session).task_instance_id
+        wrong = _fault(
+            engine.report_success, job_id, index0, instance, session, _frame(*range(returned))
+        )
+        assert (wrong.code, wrong.message) == (StatusCode.INVALID_ARGUMENT, expected)
+        assert instance not in engine.live_instances()
+        row = engine.task_rows(job_id)[0]
+        assert (row.failures, row.successes, row.error) == (attempt, 0, expected)
+        if attempt == 1:  # the retry: the task is ready again, the job goes on
+            assert [e.task_id for e in _drain(engine)] == [index0]
+            assert engine.job_state(job_id) is JobState.RUNNING
+    assert engine.job_state(job_id) is JobState.FAILED
+    assert engine.job_error(job_id) == expected
+    assert engine.task_rows(job_id)[0].state == "failed"
 
 
 def test_failure_retries_then_fails_the_job_with_its_message() -> None:
@@ -268,7 +293,11 @@ def test_commit_gets_job_outputs_zstd_above_1024_bytes_then_job_succeeds() -> No
     assert [e.task_id for e in _drain(engine)][-1] == TaskId.commit()
     context = engine.register_task_instance(job_id, TaskId.commit(), em_id, session)
     assert context.serialized_task_io[0] == 1
-    values = [msgpack.unpackb(p) for p in decode_task_outputs(context.serialized_task_io)]
+    # Spider's storage form: a streaming compressor, so the frame header has no content size.
+    assert zstandard.get_frame_parameters(context.serialized_task_io[1:]).content_size == (
+        zstandard.CONTENTSIZE_UNKNOWN
+    )
+    values = [msgpack.unpackb(p) for p in decode_graph_outputs(context.serialized_task_io)]
     assert values == ["x" * 600, "y" * 600]
     # Commit outputs are ignored: even an empty buffer is accepted.
     engine.report_success(job_id, TaskId.commit(), context.task_instance_id, session, b"")
@@ -313,6 +342,42 @@ def test_reaper_marks_silent_workers_dead_and_requeues_without_spending_retries(
     assert _fault(engine.heartbeat, em_id).code is StatusCode.FAILED_PRECONDITION
     context = engine.register_task_instance(job_id, TaskId.of_index(0), alive, session)
     assert context.task_instance_id >= 2
+
+
+@pytest.mark.parametrize("restart", ["hook", "new process"])
+def test_after_a_restart_silence_counts_from_the_restart(tmp_path: Path, restart: str) -> None:
+    clock = Clock()
+    database = Database(tmp_path / "s.db")
+    engine = StorageEngine(
+        database, StorageSettings(execution_manager_stale_cutoff_sec=1.0), clock=clock
+    )
+    healthy, _ = engine.register_execution_manager("10.0.0.1")
+    died, _ = engine.register_execution_manager("10.0.0.2")
+    already_dead, _ = engine.register_execution_manager("10.0.0.3")
+    engine.mark_dead(already_dead)
+    clock.now += 30  # storage was down for 30 s, far past the 1 s cutoff
+    if restart == "hook":
+        engine.restart()
+    else:
+        database.close()
+        database = Database(tmp_path / "s.db")
+        engine = StorageEngine(
+            database, StorageSettings(execution_manager_stale_cutoff_sec=1.0), clock=clock
+        )
+    restarted_at = clock.now
+    clock.now += 0.5
+    engine.collect()  # within the cutoff of the restart: nobody is reaped
+    assert {row.id: row.state for row in engine.db.ems()} == {
+        healthy: "alive",
+        died: "alive",
+        already_dead: "dead",
+    }
+    assert engine.db.em(died) == EmRow(died, "10.0.0.2", "alive", restarted_at)
+    engine.heartbeat(healthy)  # the healthy worker heartbeats again; the other never does
+    clock.now += 0.8
+    engine.collect()
+    states = {row.id: row.state for row in engine.db.ems()}
+    assert states == {healthy: "alive", died: "dead", already_dead: "dead"}
 
 
 def test_registration_by_a_dead_worker_returns_context_then_requeues() -> None:
@@ -410,7 +475,7 @@ def test_restart_keeps_only_the_commit_or_cleanup_task_of_such_jobs(tmp_path: Pa
     regular = _fault(restarted.register_task_instance, committing, TaskId.of_index(0), em_id, new)
     assert regular.code is StatusCode.FAILED_PRECONDITION
     commit = restarted.register_task_instance(committing, TaskId.commit(), em_id, new)
-    assert [msgpack.unpackb(p) for p in decode_task_outputs(commit.serialized_task_io)] == [7]
+    assert [msgpack.unpackb(p) for p in decode_graph_outputs(commit.serialized_task_io)] == [7]
     restarted.report_success(committing, TaskId.commit(), commit.task_instance_id, new, b"")
     assert restarted.job_state(committing) is JobState.SUCCEEDED
     cleanup = restarted.register_task_instance(cleaning, TaskId.cleanup(), em_id, new)

@@ -8,11 +8,11 @@ import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.cluster.codec import decode_frame, encode_frame
 from worker.cluster.db import Database
 from worker.cluster.jobs import JobBuilder, ref
 from worker.cluster.storage import JobState, Lane, StorageEngine, StorageFault
 from worker.errors import StatusCode
+from worker.executor.wire import decode_frame, encode_frame
 
 
 @st.composite

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +152,51 @@ def executor_script(directory: Path, name: str, body: str) -> Path:
     path.write_text(textwrap.dedent(prelude) + textwrap.dedent(body))
     path.chmod(0o755)
     return path
+
+
+def unprivileged_account(
+    names: tuple[str, ...] = ("nobody", "nfsnobody", "daemon"),
+) -> pwd.struct_passwd | None:
+    """The first existing non-root account of ``names`` (tests switch to it; none is created)."""
+    for name in names:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        if entry.pw_uid != 0:
+            return entry
+    return None
+
+
+#: The account run_as tests switch executors to, if this machine has one.
+UNPRIVILEGED = unprivileged_account()
+
+#: run_as needs a worker running as root and an account to switch to.
+needs_root_and_account = pytest.mark.skipif(
+    os.geteuid() != 0 or UNPRIVILEGED is None,
+    reason="run_as needs a worker running as root and an existing unprivileged account"
+    " (nobody, nfsnobody or daemon)",
+)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A world-readable temporary folder (pytest's own tmp_path is private to its user)."""
+    directory = Path(tempfile.mkdtemp(prefix="worker-test-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def config_document(package_dir: Path, **task_executor: Any) -> dict[str, Any]:
+    """A minimal valid worker configuration (as parsed YAML) with these ``task_executor`` keys."""
+    return {
+        "storage": {"host": "127.0.0.1", "port": 1},
+        "scheduler": {"host": "127.0.0.1", "port": 2},
+        "connection_pool_size": 1,
+        "scheduler_poll_wait_ms": 0,
+        "liveness": {"storage_heartbeat_interval_sec": 1, "scheduler_heartbeat_interval_sec": 1},
+        "task_executor": {"package_dir": str(package_dir), **task_executor},
+    }

@@ -11,7 +11,7 @@ import pytest
 
 from worker import task
 from worker.executor.channel import HEADER, decode_message, encode_message, read_frame_blocking
-from worker.executor.pool import build_environment, executor_command
+from worker.executor.processes import build_environment, executor_command
 from worker.executor.settings import PoolSettings
 from worker.executor.wire import decode_values
 

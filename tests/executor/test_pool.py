@@ -25,7 +25,8 @@ from tests.executor.conftest import (
 )
 from worker.core.decisions import failure_message
 from worker.errors import PoolBroken, PoolClosed
-from worker.executor.pool import WORKER_SET_ENV, ExecutorPool, become_subreaper, open_pool
+from worker.executor.pool import ExecutorPool, open_pool
+from worker.executor.processes import WORKER_SET_ENV, become_subreaper
 from worker.executor.settings import PoolSettings
 from worker.executor.wire import decode_values, encode_frame, encode_graph_outputs
 from worker.model import ExecutorCrash, InTaskFailure, Outcome, Success, TaskId, Timeout

@@ -19,7 +19,8 @@ from worker.core.decisions import failure_message
 from worker.errors import PoolInitError
 from worker.executor import pool as pool_module
 from worker.executor.channel import HEADER, encode_message
-from worker.executor.pool import _RECEIVE_CHUNK, open_pool, result_beats_timer
+from worker.executor.pool import open_pool, result_beats_timer
+from worker.executor.processes import RECEIVE_CHUNK
 from worker.executor.settings import PoolSettings
 from worker.model import ExecutorCrash, InTaskFailure, Success, Timeout
 
@@ -177,7 +178,7 @@ async def test_result_in_the_pipe_when_the_deadline_fires_wins(
     # reads what is already in the pipe) can return it. The enlarged pipe holds the whole reply,
     # and the executor writes it only while the test blocks the event loop past the deadline.
     received, go, sent = tmp_path / "received", tmp_path / "go", tmp_path / "sent"
-    out_size = _RECEIVE_CHUNK + 64 * 1024
+    out_size = RECEIVE_CHUNK + 64 * 1024
     script = executor_script(
         tmp_path,
         "big_late_reply.py",

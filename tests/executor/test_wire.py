@@ -190,6 +190,13 @@ def test_storage_threshold_picks_the_option() -> None:
     encoded = encode_graph_outputs(large)
     assert encoded[0] == 1
     assert decode_graph_outputs(encoded) == large
+    # Spider's storage form: the zstd frame header without the decompressed size.
+    streamed = encode_graph_outputs(large, content_size=False)
+    assert zstandard.get_frame_parameters(streamed[1:]).content_size == (
+        zstandard.CONTENTSIZE_UNKNOWN
+    )
+    assert zstandard.get_frame_parameters(encoded[1:]).content_size == len(encode_frame(large))
+    assert decode_graph_outputs(streamed) == large
 
 
 @given(st.integers(2, 255), st.binary(max_size=32))

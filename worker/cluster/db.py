@@ -6,13 +6,16 @@ call). Rows are plain tuples or small attrs records; the engine owns all semanti
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import sqlite3
 import time
 from pathlib import Path
 
 import attrs
 
-__all__ = ["Database", "EmRow", "JobRow", "TaskRow"]
+__all__ = ["Database", "DatabaseLock", "DatabaseUnavailable", "EmRow", "JobRow", "TaskRow"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -111,6 +114,53 @@ class TaskRow:
     error: str
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be used: another cluster holds it, or its lock cannot be created."""
+
+
+class DatabaseLock:
+    """An exclusive lock on a database file, held until :meth:`release` (or process exit).
+
+    The lock is ``flock`` on a sidecar ``<db>.lock`` file, taken before the database is opened,
+    so a second cluster on the same file stops without reading or writing it. A sidecar, not the
+    database itself: closing any descriptor of the database would drop SQLite's own locks.
+    ``":memory:"`` needs no lock.
+    """
+
+    def __init__(self, database: Path | str) -> None:
+        """Take the lock now; :class:`DatabaseUnavailable` (one line) if it cannot be had."""
+        self.path: Path | None = None
+        self._fd: int | None = None
+        if str(database) == ":memory:":
+            return
+        self.path = Path(f"{database}.lock")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise DatabaseUnavailable(
+                f"cannot open database {database}: {reason} (creating {self.path})"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DatabaseUnavailable(
+                    f"database {database} is in use by another cluster (lock {self.path} is held)"
+                ) from None
+            raise DatabaseUnavailable(
+                f"cannot lock database {database}: {error.strerror or error}"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the sidecar file stays; it is harmless and reused)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Database:
     """The storage's SQLite file (``":memory:"`` for a throwaway database)."""
 
@@ -162,6 +212,14 @@ class Database:
         """Record a heartbeat."""
         self._conn.execute(
             "UPDATE execution_managers SET last_heartbeat_at = ? WHERE id = ?", (now, em_id)
+        )
+
+    def raise_alive_heartbeats(self, now: float) -> None:
+        """Count every alive worker's silence from ``now`` at the latest (a storage restart)."""
+        self._conn.execute(
+            "UPDATE execution_managers SET last_heartbeat_at = ?"
+            " WHERE state = 'alive' AND last_heartbeat_at < ?",
+            (now, now),
         )
 
     def mark_ems_dead(self, em_ids: list[int]) -> None:

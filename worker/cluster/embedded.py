@@ -8,19 +8,37 @@ restart = a new scheduler process on the same port, with a new id).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from worker.cluster.db import Database
+from worker.cluster.db import Database, DatabaseLock, DatabaseUnavailable
 from worker.cluster.jobs import Job
 from worker.cluster.scheduler import SchedulerEngine, SchedulerSettings
-from worker.cluster.servers import SchedulerServer, StorageServer
+from worker.cluster.servers import (
+    STORAGE_THREADS,
+    Listener,
+    ListenError,
+    SchedulerServer,
+    StorageServer,
+    listen,
+    scheduler_threads,
+)
+from worker.cluster.status import ClusterStatus
 from worker.cluster.storage import JobState, StorageEngine, StorageSettings
 
-__all__ = ["ClusterSettings", "EmbeddedCluster"]
+__all__ = ["ClusterSettings", "ClusterStartError", "EmbeddedCluster"]
+
+
+class ClusterStartError(Exception):
+    """The cluster cannot start: a port is taken or unbindable, or the database is unusable.
+
+    The message is one line naming the address or the file. A taken port or database is found
+    before the database is opened, so a running cluster's file is never touched.
+    """
 
 
 @attrs.frozen(slots=True)
@@ -39,17 +57,39 @@ class EmbeddedCluster:
     """Storage + scheduler in this process; use as a context manager or call start/stop."""
 
     def __init__(self, settings: ClusterSettings = ClusterSettings()) -> None:
-        """Open the database and bind both ports (serving starts with :meth:`start`)."""
+        """Bind both ports, lock the database, then open it (serving starts with :meth:`start`).
+
+        The ports and the lock come first, so a cluster that cannot start leaves the database
+        untouched; every such failure is a :class:`ClusterStartError`.
+        """
         self.settings = settings
-        self.db = Database(settings.database)
-        self.storage = StorageEngine(self.db, settings.storage)
-        self.storage_server = StorageServer(self.storage, settings.host, settings.storage_port)
+        listeners: list[Listener] = []
+        lock: DatabaseLock | None = None
+        try:
+            listeners.append(listen(settings.host, settings.storage_port, STORAGE_THREADS))
+            listeners.append(
+                listen(
+                    settings.host, settings.scheduler_port, scheduler_threads(settings.scheduler)
+                )
+            )
+            lock = DatabaseLock(settings.database)
+            self.db = Database(settings.database)
+            self.storage = StorageEngine(self.db, settings.storage)
+        except (ListenError, DatabaseUnavailable, OSError, sqlite3.Error) as error:
+            for listener in listeners:
+                listener.server.stop(None)
+            if lock is not None:
+                lock.release()
+            if isinstance(error, (ListenError, DatabaseUnavailable)):
+                raise ClusterStartError(str(error)) from None
+            raise ClusterStartError(f"cannot open database {settings.database}: {error}") from None
+        self._lock = lock
+        storage_listener, scheduler_listener = listeners
+        self.storage_server = StorageServer(self.storage, storage_listener, status=self.status)
         self.scheduler = SchedulerEngine(
-            self.storage, settings.scheduler, host=settings.host, port=settings.scheduler_port
+            self.storage, settings.scheduler, host=settings.host, port=scheduler_listener.port
         )
-        self.scheduler_server = SchedulerServer(
-            self.scheduler, settings.host, settings.scheduler_port
-        )
+        self.scheduler_server = SchedulerServer(self.scheduler, scheduler_listener)
         self._started = False
 
     @property
@@ -74,7 +114,12 @@ class EmbeddedCluster:
             self.scheduler_server.stop()
             self.storage_server.stop()
             self._started = False
+        else:  # bound but never served: release the ports
+            self.scheduler_server.stop(grace=0)
+            self.storage_server.stop(grace=0)
         self.db.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> EmbeddedCluster:
         """Start and return the cluster."""
@@ -85,18 +130,30 @@ class EmbeddedCluster:
         """Stop the cluster."""
         self.stop()
 
+    def status(self) -> ClusterStatus:
+        """The answer to the cluster status call (served on the storage port)."""
+        idle, outstanding = self.scheduler.poll_status()
+        return ClusterStatus(self.storage.session_id, idle, outstanding)
+
     # --- hooks ---
 
     def restart_storage(self) -> int:
         """Restart storage in place: a new session, in-memory state rebuilt from the database."""
         return self.storage.restart()
 
-    def storage_outage(self, seconds: float) -> None:
-        """Take the storage's gRPC server down for ``seconds`` (state kept: no new session)."""
+    def storage_outage(self, seconds: float, *, restart: bool = False) -> None:
+        """Take the storage's gRPC server down for ``seconds``; no reaper runs meanwhile.
+
+        ``restart=False`` keeps the state (no new session); ``restart=True`` comes back as a
+        restarted storage process would: a new session, state rebuilt from the database.
+        """
         port, hooks = self.storage_server.port, self.storage_server.hooks
         self.storage_server.stop(grace=0)
         time.sleep(seconds)
-        self.storage_server = StorageServer(self.storage, self.settings.host, port, hooks=hooks)
+        if restart:
+            self.storage.restart()
+        listener = listen(self.settings.host, port, STORAGE_THREADS)
+        self.storage_server = StorageServer(self.storage, listener, hooks=hooks, status=self.status)
         self.storage_server.start()
 
     def restart_scheduler(self, downtime_sec: float = 0.0) -> int:
@@ -110,9 +167,8 @@ class EmbeddedCluster:
         self.scheduler = SchedulerEngine(
             self.storage, self.settings.scheduler, host=self.settings.host, port=port
         )
-        self.scheduler_server = SchedulerServer(
-            self.scheduler, self.settings.host, port, hooks=hooks
-        )
+        listener = listen(self.settings.host, port, scheduler_threads(self.settings.scheduler))
+        self.scheduler_server = SchedulerServer(self.scheduler, listener, hooks=hooks)
         self.scheduler_server.start()
         return self.scheduler.scheduler_id
 

@@ -26,17 +26,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from worker.cluster.attempts import Attempt
-from worker.cluster.codec import FrameError, decode_output_values
-from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
 from worker.cluster.failures import TaskFailure, failure_lines, task_failures, task_name
 from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.preflight import PreflightError, check_or_raise
 from worker.cluster.processes import WorkerProcess
 from worker.cluster.report import ReportData, write_report
 from worker.cluster.scheduler import SchedulerSettings
-from worker.cluster.storage import JobState, StorageSettings
+from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
 from worker.cluster.task_logs import TaskLogFollower
 from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
+from worker.security import make_non_dumpable
+from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 
 __all__ = ["EXIT_CODES", "LocalRun", "main", "run_job", "run_local"]
 
@@ -45,6 +46,7 @@ EXIT_JOB_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_TIMEOUT: Final = 3
 EXIT_NO_WORKERS: Final = 4
+EXIT_START_FAILED: Final = 5
 EXIT_INTERRUPTED: Final = 130
 #: How long worker processes get to start and register before the job is submitted anyway.
 BOOT_TIMEOUT_SEC: Final = 60.0
@@ -56,6 +58,7 @@ EXIT_CODES: Final = {
     EXIT_USAGE: "bad command line or job file",
     EXIT_TIMEOUT: "the job did not finish within --timeout",
     EXIT_NO_WORKERS: "every worker exited before the job finished",
+    EXIT_START_FAILED: "the cluster could not start (database unusable or locked)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -92,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "jobfile", nargs="?", type=Path, help="YAML job file (default: the bundled example)"
     )
     parser.add_argument("--workers", "-n", type=int, default=2, help="worker processes (2)")
+    parser.add_argument("--slots", type=int, default=1, help="tasks each worker runs at once (1)")
     parser.add_argument("--db", type=Path, help="SQLite database (default: a temporary file)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (600)")
     parser.add_argument(
@@ -123,8 +127,8 @@ def _sink_outputs(cluster: EmbeddedCluster, job_id: int) -> list[Any]:
     if not raw:
         return []
     try:
-        return decode_output_values(raw)
-    except FrameError:
+        return decode_graph_output_values(raw, max_bytes=JOB_OUTPUTS_MAX_BYTES)
+    except GraphOutputsDecodeError:
         return ["<undecodable>"]
 
 
@@ -145,6 +149,7 @@ def run_local(
     workers: int,
     timeout_sec: float,
     workdir: Path,
+    slots: int = 1,
     database: Path | None = None,
     poll_wait_ms: int = 1000,
     heartbeat_sec: float = 1.0,
@@ -153,10 +158,11 @@ def run_local(
     inherited_env: Sequence[str] = (),
     echo: Callable[[str, str], None] | None = None,
 ) -> LocalRun:
-    """Run ``job`` on an embedded cluster with ``workers`` worker processes.
+    """Run ``job`` on an embedded cluster with ``workers`` worker processes of ``slots`` slots.
 
     ``inherited_env`` names the variables the task executors get; ``echo(task, line)`` receives
-    each line the tasks print (None: not echoed).
+    each line the tasks print (None: not echoed). Raises :class:`ClusterStartError` when the
+    cluster cannot start (nothing else started).
     """
     console = console or Console(stderr=True)
     settings = ClusterSettings(
@@ -176,7 +182,7 @@ def run_local(
                 package_dir.resolve(),
                 poll_wait_ms=poll_wait_ms,
                 heartbeat_sec=heartbeat_sec,
-                extra={"task_executor": {"inherited_env": list(inherited_env)}},
+                extra={"slots": slots, "task_executor": {"inherited_env": list(inherited_env)}},
             )
             known = {row.id for row in cluster.storage.db.ems()}  # a reused --db has old rows
             for number in range(workers):
@@ -337,6 +343,7 @@ def run_job(
     job: Job,
     *,
     workers: int = 2,
+    slots: int = 1,
     timeout_sec: float = 600.0,
     workdir: Path | None = None,
     database: Path | None = None,
@@ -347,38 +354,44 @@ def run_job(
     progress: bool = True,
     console: Console | None = None,
     report: Path | None = None,
-    **cluster_options: Any,
+    preflight: bool = True,
 ) -> LocalRun:
     """What ``local`` does with a loaded job: preflight, run, summary (also ``worker.api``).
 
-    Raises :class:`PreflightError` before anything starts if the job cannot run. Task output is
+    Raises :class:`PreflightError` before anything starts if the job cannot run (unless
+    ``preflight`` is false: the caller checked already). Task output is
     echoed to stderr prefixed with the task's name unless ``quiet``. The work directory (worker
     configs and logs) is a temporary one unless given; it is removed after a success and kept,
     and named in the summary, otherwise. ``report`` is where to write the HTML run report.
-    ``cluster_options`` go to :func:`run_local` as they are.
     """
     console = console or Console()
-    check_or_raise(job, job.package_dir or EXAMPLES_DIR, inherited_env)
+    if preflight:
+        check_or_raise(job, job.package_dir or EXAMPLES_DIR, inherited_env)
     stderr = Console(stderr=True)
 
     def echo(task: str, line: str) -> None:
         stderr.print(f"[{task}] {line}", markup=False, highlight=False, soft_wrap=True)
 
     with _workdir(workdir) as directory, _cluster_log(directory / "cluster.log"):
-        run = run_local(
-            job,
-            workers=workers,
-            timeout_sec=timeout_sec,
-            workdir=directory,
-            database=database,
-            poll_wait_ms=poll_wait_ms,
-            heartbeat_sec=heartbeat_sec,
-            console=stderr,
-            progress=progress,
-            inherited_env=inherited_env,
-            echo=None if quiet else echo,
-            **cluster_options,
-        )
+        try:
+            run = run_local(
+                job,
+                workers=workers,
+                timeout_sec=timeout_sec,
+                workdir=directory,
+                database=database,
+                poll_wait_ms=poll_wait_ms,
+                heartbeat_sec=heartbeat_sec,
+                console=stderr,
+                progress=progress,
+                inherited_env=inherited_env,
+                echo=None if quiet else echo,
+                slots=slots,
+            )
+        except ClusterStartError:
+            if workdir is None:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
     keep = workdir is not None or run.exit_code != EXIT_SUCCEEDED
     _summary(run, console, job, directory if keep else None)
     for line in failure_lines(run.failures):
@@ -397,7 +410,7 @@ def run_job(
                 run.failures,
                 run.error,
                 outputs,
-                slots_per_worker=cluster_options.get("slots", 1),
+                slots_per_worker=slots,
             ),
         )
         console.print(f"report: {report.resolve()}", markup=False, highlight=False, soft_wrap=True)
@@ -414,6 +427,7 @@ def main(argv: Sequence[str]) -> int:
         message
         for bad, message in (
             (args.workers < 1, "--workers must be at least 1"),
+            (args.slots < 1, "--slots must be at least 1"),
             (args.timeout <= 0, "--timeout must be > 0"),
             (args.poll_wait_ms < 0, "--poll-wait-ms must be >= 0"),
             (args.heartbeat_sec <= 0, "--heartbeat-sec must be > 0"),
@@ -421,19 +435,35 @@ def main(argv: Sequence[str]) -> int:
         if bad
     ]
     if problems:
-        console.print(f"local: {problems[0]}", markup=False)
+        print(f"local: {problems[0]}", file=sys.stderr)
         return EXIT_USAGE
     try:
         job = load_job_file(args.jobfile or FIBONACCI_JOB)
     except JobError as error:
-        console.print(f"local: {error}", markup=False)
+        print(f"local: {error}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        check_or_raise(job, job.package_dir or EXAMPLES_DIR, args.env)
+    except PreflightError as error:
+        for problem in error.problems:
+            print(f"local: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(
+                f"local: cannot create --workdir {args.workdir}: {error.strerror}", file=sys.stderr
+            )
+            return EXIT_USAGE
+    make_non_dumpable()
     # SIGTERM behaves like Ctrl-C, so the finally blocks stop every worker.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run = run_job(
             job,
             workers=args.workers,
+            slots=args.slots,
             timeout_sec=args.timeout,
             workdir=args.workdir,
             database=args.db,
@@ -444,12 +474,12 @@ def main(argv: Sequence[str]) -> int:
             progress=not args.no_progress,
             console=console,
             report=args.report,
+            preflight=False,
         )
-    except PreflightError as error:
-        for problem in error.problems:
-            print(f"local: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+    except ClusterStartError as error:
+        print(f"local: cannot start the cluster: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
     except KeyboardInterrupt:
-        console.print("local: interrupted; workers stopped")
+        print("local: interrupted; workers stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
     return run.exit_code

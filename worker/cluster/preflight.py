@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from worker.cluster.jobs import Job, JobError
-from worker.executor.pool import build_environment
+from worker.executor.processes import build_environment
 from worker.executor.settings import PoolSettings
 
 __all__ = ["PreflightError", "check_or_raise", "preflight"]

@@ -12,9 +12,9 @@ from typing import Any, Final
 import grpc
 
 from worker.api import JobFailedError
-from worker.cluster.codec import FrameError, decode_output_values
 from worker.cluster.jobs import Job, encode_job
-from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JobState
+from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JOB_OUTPUTS_MAX_BYTES, JobState
+from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
 
 __all__ = ["run_remote", "start_job"]
@@ -71,8 +71,8 @@ def run_remote(job: Job, address: str, *, timeout_sec: float) -> list[Any]:
             raise JobFailedError(f"job {job_id} {state.name}: {error}", state=state.name)
         raw = jobs.GetJobOutputs(request, timeout=_CALL_TIMEOUT_SEC).serialized_outputs
     try:
-        return decode_output_values(raw)
-    except FrameError as error:
+        return decode_graph_output_values(raw, max_bytes=JOB_OUTPUTS_MAX_BYTES)
+    except GraphOutputsDecodeError as error:
         raise JobFailedError(
             f"job {job_id}: outputs not decodable: {error}", state=state.name
         ) from error

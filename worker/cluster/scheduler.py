@@ -24,6 +24,7 @@ __all__ = [
     "AckRecord",
     "Assignment",
     "InboundSource",
+    "SchedulerBusy",
     "SchedulerClosed",
     "SchedulerEngine",
     "SchedulerSettings",
@@ -65,6 +66,10 @@ class SchedulerClosed(Exception):
     """The scheduler is stopping (``INTERNAL "scheduler is shutting down"``)."""
 
 
+class SchedulerBusy(Exception):
+    """``max_long_polls`` calls already wait (``RESOURCE_EXHAUSTED``; the worker backs off)."""
+
+
 @attrs.frozen(slots=True)
 class SchedulerSettings:
     """Scheduler timings (protocol.md §9); fractional seconds accepted."""
@@ -73,6 +78,9 @@ class SchedulerSettings:
     liveness_tracking_interval_ms: int = 250
     inbound_poll_wait_ms: int = 200
     inbound_batch: int = 64
+    #: ``NextTask`` calls that may wait at once (workers x slots); the server's thread pool is
+    #: sized from it, so long polls never take the threads heartbeats and acks need.
+    max_long_polls: int = 1024
 
 
 @attrs.frozen(slots=True)
@@ -159,6 +167,8 @@ class SchedulerEngine:
         self.acks_skipped: collections.deque[SkippedAck] = _log()
         #: How many ``NextTask`` calls are blocked in the long poll right now.
         self.waiting_polls = 0
+        #: ``clock()`` when a ``NextTask`` call last arrived or ended.
+        self._last_poll_at = clock()
         # The scheduler starts at session 0 and adopts the session storage reports (§3 rule 3).
         self.session_id = 0
         self.scheduler_id, session = source.register_scheduler(host, port)
@@ -238,40 +248,61 @@ class SchedulerEngine:
     ) -> Assignment | None:
         """``NextTask``: complete ``ack`` = ``(id, from)``, then an assignment or None (no task)."""
         with self._cond:
-            if ack is not None:
-                self._complete(em_id, ack)
-            deadline = time.monotonic() + max(0.0, wait_sec)
-            while True:
-                if self._closed:
-                    raise SchedulerClosed
-                if is_cancelled():
-                    return None
-                if self._queue:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self.waiting_polls += 1
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self.waiting_polls -= 1
-            entry = self._queue.popleft()
-            assignment = Assignment(
-                self._next_id,
-                entry.resource_group_id,
-                entry.job_id,
-                entry.task_id,
-                self.scheduler_id,
-                entry.session_id,
-            )
-            self._next_id += 1
-            worker = self._upsert(em_id)
-            worker.outstanding[assignment.id] = assignment
-            self.dispatch_log.append((em_id, assignment))
-            if log.isEnabledFor(logging.DEBUG):  # hot path: build the fields only when logged
-                log.debug("dispatched", extra={"fields": _fields(em_id, assignment)})
-            return assignment
+            self._last_poll_at = self._clock()
+            try:
+                return self._next_task(em_id, ack, wait_sec, is_cancelled)
+            finally:
+                self._last_poll_at = self._clock()
+
+    def _next_task(
+        self,
+        em_id: int,
+        ack: tuple[int, int] | None,
+        wait_sec: float,
+        is_cancelled: Callable[[], bool],
+    ) -> Assignment | None:
+        if ack is not None:
+            self._complete(em_id, ack)
+        deadline = time.monotonic() + max(0.0, wait_sec)
+        while True:
+            if self._closed:
+                raise SchedulerClosed
+            if is_cancelled():
+                return None
+            if self._queue:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self.waiting_polls >= self.settings.max_long_polls:
+                raise SchedulerBusy
+            self.waiting_polls += 1
+            try:
+                self._cond.wait(remaining)
+            finally:
+                self.waiting_polls -= 1
+        entry = self._queue.popleft()
+        assignment = Assignment(
+            self._next_id,
+            entry.resource_group_id,
+            entry.job_id,
+            entry.task_id,
+            self.scheduler_id,
+            entry.session_id,
+        )
+        self._next_id += 1
+        worker = self._upsert(em_id)
+        worker.outstanding[assignment.id] = assignment
+        self.dispatch_log.append((em_id, assignment))
+        if log.isEnabledFor(logging.DEBUG):  # hot path: build the fields only when logged
+            log.debug("dispatched", extra={"fields": _fields(em_id, assignment)})
+        return assignment
+
+    def poll_status(self) -> tuple[float, int]:
+        """``(seconds since a NextTask call arrived or ended, 0 while one waits; outstanding)``."""
+        with self._cond:
+            idle = 0.0 if self.waiting_polls else max(0.0, self._clock() - self._last_poll_at)
+            return idle, sum(len(w.outstanding) for w in self._workers.values())
 
     def heartbeat(self, em_id: int) -> None:
         """``Heartbeat``: upsert the worker and refresh its liveness (any id is accepted)."""

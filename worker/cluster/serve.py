@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sqlite3
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from worker.cluster.embedded import ClusterSettings, EmbeddedCluster
+from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import StorageSettings
+from worker.security import make_non_dumpable
 
 __all__ = ["DEFAULT_SCHEDULER_PORT", "DEFAULT_STORAGE_PORT", "main"]
 
@@ -41,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-retention-sec", type=float, default=300.0)
     parser.add_argument("--dead-em-cutoff-sec", type=float, default=10.0, help="scheduler")
     parser.add_argument("--liveness-interval-ms", type=int, default=250, help="scheduler")
+    parser.add_argument(
+        "--max-long-polls",
+        type=int,
+        default=SchedulerSettings().max_long_polls,
+        help="NextTask calls that may wait at once: at least workers x slots (1024)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser
 
@@ -59,6 +66,7 @@ def _problem(args: argparse.Namespace) -> str | None:
         ("--job-retention-sec", args.job_retention_sec),
         ("--dead-em-cutoff-sec", args.dead_em_cutoff_sec),
         ("--liveness-interval-ms", args.liveness_interval_ms),
+        ("--max-long-polls", args.max_long_polls),
     ):
         if not number > 0:
             return f"{option} must be > 0, got {number:g}"
@@ -70,8 +78,9 @@ def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     problem = _problem(args)
     if problem is not None:
-        print(f"cluster: {problem}")
+        print(f"cluster: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    make_non_dumpable()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -88,12 +97,13 @@ def main(argv: Sequence[str]) -> int:
         scheduler=SchedulerSettings(
             dead_em_cutoff_sec=args.dead_em_cutoff_sec,
             liveness_tracking_interval_ms=args.liveness_interval_ms,
+            max_long_polls=args.max_long_polls,
         ),
     )
     try:
         cluster = EmbeddedCluster(settings)
-    except (OSError, sqlite3.Error) as error:
-        print(f"cluster: cannot start: {error} (database {args.db})")
+    except ClusterStartError as error:
+        print(f"cluster: cannot start: {error}", file=sys.stderr)
         return EXIT_FAILED
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

@@ -8,17 +8,27 @@ next calls of any RPC, or delay every call of an RPC (to widen a window).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
+import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 import grpc
 
-from worker.cluster.scheduler import SchedulerClosed, SchedulerEngine
+from worker.cluster.scheduler import (
+    SchedulerBusy,
+    SchedulerClosed,
+    SchedulerEngine,
+    SchedulerSettings,
+)
+from worker.cluster.status import ClusterStatus, status_handler
 from worker.cluster.storage import STORAGE_INTERNAL_ERROR, Lane, StorageEngine, StorageFault
 from worker.errors import Rpc, StatusCode
 from worker.model import TaskId
@@ -31,9 +41,13 @@ __all__ = [
     "Delay",
     "Fail",
     "FaultHooks",
+    "ListenError",
+    "Listener",
     "Malformed",
     "SchedulerServer",
     "StorageServer",
+    "listen",
+    "scheduler_threads",
     "task_id_or_none",
 ]
 
@@ -181,6 +195,9 @@ class _Hooked:
             raise AssertionError("unreachable") from None  # abort raises
         except SchedulerClosed:
             _abort(context, StatusCode.INTERNAL, "scheduler is shutting down")
+            raise AssertionError("unreachable") from None
+        except SchedulerBusy:
+            _abort(context, StatusCode.RESOURCE_EXHAUSTED, "too many concurrent long polls")
             raise AssertionError("unreachable") from None
         except Exception:
             # A bug must not take the service down: answer INTERNAL and keep serving.
@@ -512,18 +529,92 @@ class _Scheduler(_Hooked, scheduler_pb2_grpc.SchedulerServiceServicer):
         return self._serve("Shutdown", context, handle, request=request)
 
 
-def _new_server(max_workers: int) -> grpc.Server:
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", SERVER_RECEIVE_LIMIT)],
+class ListenError(OSError):
+    """A server cannot listen on its address; the message is one line naming it."""
+
+
+def _why_not_bindable(host: str, port: int) -> str:
+    """The operating system's reason ``host:port`` cannot be bound (grpc does not say)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        return f"bad address: {error.strerror or error}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return error.strerror or str(error)
+    return "refused by grpc"
+
+
+@contextlib.contextmanager
+def _core_log_silenced() -> Iterator[None]:
+    """Keep grpc's C core from writing its own multi-line report of a failed bind to fd 2.
+
+    A start-up failure must be one line, and :class:`ListenError` already names the address and
+    the reason. Used only around binding (start-up and restart hooks), which takes microseconds.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@attrs.frozen(slots=True)
+class Listener:
+    """A gRPC server bound to its port and not serving yet; services are added before start.
+
+    Binding first lets a cluster refuse a taken port before it opens its database.
+    """
+
+    server: grpc.Server
+    host: str
+    port: int
+
+
+def listen(host: str, port: int, threads: int) -> Listener:
+    """Bind ``host:port`` (0 = any free port) with room for ``threads`` concurrent calls.
+
+    ``grpc.so_reuseport`` is off, so a port another process listens on is refused instead of
+    being shared (the kernel would split connections between the two). Calls beyond ``threads``
+    are answered ``RESOURCE_EXHAUSTED`` at once rather than queued behind long polls; the pool
+    starts threads only as calls need them.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", SERVER_RECEIVE_LIMIT),
+        ],
+        maximum_concurrent_rpcs=threads,
     )
-
-
-def _bind(server: grpc.Server, host: str, port: int) -> int:
-    bound = int(server.add_insecure_port(f"{host}:{port}"))
+    address = f"{host}:{port}"
+    try:
+        with _core_log_silenced():
+            bound = int(server.add_insecure_port(address))
+    except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    return bound
+        server.stop(None)
+        raise ListenError(f"cannot listen on {address}: {_why_not_bindable(host, port)}")
+    return Listener(server, host, bound)
+
+
+#: Threads a server keeps for calls other than long polls (heartbeats, reports, job calls).
+SHORT_CALL_THREADS: Final = 64
+#: Concurrent storage calls; storage's only long polls are remote schedulers' inbound polls.
+STORAGE_THREADS: Final = 256
+
+
+def scheduler_threads(settings: SchedulerSettings) -> int:
+    """The scheduler server's thread bound: every allowed long poll plus the short calls."""
+    return settings.max_long_polls + SHORT_CALL_THREADS
 
 
 class StorageServer:
@@ -532,15 +623,19 @@ class StorageServer:
     def __init__(
         self,
         engine: StorageEngine,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        max_workers: int = 32,
+        listener: Listener,
         hooks: FaultHooks | None = None,
+        status: Callable[[], ClusterStatus] | None = None,
     ) -> None:
-        """Bind ``host:port`` (0 = any free port; see :attr:`port`) without serving yet."""
+        """Serve on ``listener`` (bound by :func:`listen`); serving starts with :meth:`start`.
+
+        ``status`` answers the cluster status call (:mod:`.status`) when given.
+        """
         self.engine = engine
         self.hooks = hooks or FaultHooks()
-        self._server = _new_server(max_workers)
+        self._server = listener.server
+        if status is not None:
+            self._server.add_generic_rpc_handlers((status_handler(status),))
         storage_pb2_grpc.add_TaskInstanceManagementServiceServicer_to_server(
             _TaskInstances(engine, self.hooks), self._server
         )
@@ -562,8 +657,8 @@ class StorageServer:
         storage_pb2_grpc.add_SessionManagementServiceServicer_to_server(
             _Sessions(engine, self.hooks), self._server
         )
-        self.host = host
-        self.port = _bind(self._server, host, port)
+        self.host = listener.host
+        self.port = listener.port
         self._gc_stop = threading.Event()
         self._gc_thread: threading.Thread | None = None
 
@@ -595,20 +690,18 @@ class SchedulerServer:
     def __init__(
         self,
         engine: SchedulerEngine,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        max_workers: int = 64,
+        listener: Listener,
         hooks: FaultHooks | None = None,
     ) -> None:
-        """Bind ``host:port`` (0 = any free port; see :attr:`port`) without serving yet."""
+        """Serve on ``listener`` (bound by :func:`listen` with :func:`scheduler_threads`)."""
         self.engine = engine
         self.hooks = hooks or FaultHooks()
-        self._server = _new_server(max_workers)
+        self._server = listener.server
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
             _Scheduler(engine, self.hooks), self._server
         )
-        self.host = host
-        self.port = _bind(self._server, host, port)
+        self.host = listener.host
+        self.port = listener.port
 
     def start(self) -> None:
         """Start the engine's threads and serve."""

@@ -21,13 +21,6 @@ from typing import Final
 import attrs
 
 from worker.cluster.attempts import LOST, Attempt, AttemptLog
-from worker.cluster.codec import (
-    FrameError,
-    decode_frame,
-    decode_task_outputs,
-    encode_frame,
-    encode_task_outputs,
-)
 from worker.cluster.db import Database, JobRow, TaskRow
 from worker.cluster.jobs import (
     AuxTask,
@@ -41,10 +34,18 @@ from worker.cluster.jobs import (
 )
 from worker.cluster.retry_backoff import DelayedQueue
 from worker.errors import StatusCode
+from worker.executor.wire import (
+    FrameDecodeError,
+    decode_frame,
+    decode_graph_outputs,
+    encode_frame,
+    encode_graph_outputs,
+)
 from worker.model import TaskId, TaskKind
 
 __all__ = [
     "DEFAULT_RESOURCE_GROUP",
+    "JOB_OUTPUTS_MAX_BYTES",
     "STORAGE_INTERNAL_ERROR",
     "ContextInfo",
     "JobState",
@@ -60,6 +61,8 @@ log = logging.getLogger("worker.cluster.storage")
 
 #: External id of the single built-in resource group (any password is accepted).
 DEFAULT_RESOURCE_GROUP = "default"
+#: The largest decompressed job outputs storage and its clients accept (a zstd-bomb bound).
+JOB_OUTPUTS_MAX_BYTES: Final = 256 * 1024 * 1024
 #: The details of every ``INTERNAL`` answer of ``TaskInstanceManagementService`` (§8.3).
 STORAGE_INTERNAL_ERROR = "storage service internal error"
 
@@ -206,6 +209,12 @@ def _task_key(task_id: TaskId) -> str:
     return f"index:{task_id.index}" if task_id.kind is TaskKind.INDEX else task_id.kind.value
 
 
+def _encode_job_outputs(payloads: list[bytes]) -> bytes:
+    """Job outputs as SerializedTaskOutputs in Spider's storage form: above the 1024-byte rule a
+    zstd frame without a content size, so the worker's decoder is exercised on that form."""
+    return encode_graph_outputs(payloads, content_size=False)
+
+
 _LANE_OF_KIND: Final = {
     TaskKind.INDEX: Lane.REGULAR,
     TaskKind.COMMIT: Lane.COMMIT,
@@ -247,7 +256,6 @@ class StorageEngine:
         self._attempts = AttemptLog()
         self._dead: set[int] = set()
         self._next_instance_id = 1
-        self._schedulers_registered = 0
         self.session_id = 0
         self.default_group_id = database.ensure_resource_group(DEFAULT_RESOURCE_GROUP, b"")
         with self._cond:
@@ -257,6 +265,9 @@ class StorageEngine:
 
     def _start_session(self) -> None:
         self.session_id = self.db.new_session()
+        # §8.2: a worker's silence counts from the restart, not from its last heartbeat before
+        # the outage; one that really died is reaped a cutoff after the restart.
+        self.db.raise_alive_heartbeats(self._clock())
         self._jobs.clear()
         self._instances.clear()
         self._waiting.clear()
@@ -264,7 +275,6 @@ class StorageEngine:
         for lane in self._lanes.values():
             lane.clear()
         self._next_instance_id = 1
-        self._schedulers_registered = 0
         self._dead = {row.id for row in self.db.ems() if row.state == "dead"}
         self._recover()
         log.info(
@@ -419,16 +429,20 @@ class StorageEngine:
             self._cond.notify_all()
 
     def register_scheduler(self, host: str, port: int) -> tuple[int, int]:
-        """Register a scheduler: ``(scheduler_id, session_id)``; a re-registration re-enqueues."""
+        """Register a scheduler: ``(scheduler_id, session_id)``; ready work is handed out again.
+
+        A registering scheduler may replace one that took ready entries and died with them, also
+        across a storage restart (whose recovery handed its entries to the scheduler then
+        running). So every ready task that is not still waiting in a lane is enqueued again;
+        one already waiting is not, so a first registration adds no duplicates.
+        """
         with self._cond:
             scheduler_id = self.db.insert_scheduler(host, port, self.session_id, self._clock())
-            self._schedulers_registered += 1
-            if self._schedulers_registered > 1:
-                # §8.1: a scheduler replacing another lost its queue; hand every ready task again.
-                for job in self._jobs.values():
-                    for task in self._all_tasks(job):
-                        if task.state is TaskState.READY:
-                            self._enqueue(job, task)
+            waiting = {(e.job_id, e.task_id) for lane in self._lanes.values() for e in lane}
+            for job in self._jobs.values():
+                for task in self._all_tasks(job):
+                    if task.state is TaskState.READY and (job.id, task.task_id) not in waiting:
+                        self._enqueue(job, task)
             return scheduler_id, self.session_id
 
     # --- workers ---
@@ -612,7 +626,7 @@ class StorageEngine:
     def _task_io(self, job: _Job, task: _Task) -> bytes:
         kind = task.task_id.kind
         if kind is TaskKind.COMMIT:
-            return encode_task_outputs(self._job_output_payloads(job))
+            return _encode_job_outputs(self._job_output_payloads(job))
         if kind is TaskKind.CLEANUP:
             return b""
         assert task.task_id.index is not None
@@ -628,7 +642,7 @@ class StorageEngine:
 
     def _job_output_payloads(self, job: _Job) -> list[bytes]:
         if job.outputs is not None:
-            return decode_task_outputs(job.outputs)
+            return decode_graph_outputs(job.outputs, max_bytes=JOB_OUTPUTS_MAX_BYTES)
         payloads: list[bytes] = []
         for index in job.spec.sink_indices:
             outputs = job.tasks[index].outputs
@@ -662,25 +676,25 @@ class StorageEngine:
             if task_id.kind is TaskKind.INDEX:
                 try:
                     outputs = decode_frame(serialized_outputs)
-                except FrameError as error:
+                except FrameDecodeError as error:
                     raise StorageFault(
                         StatusCode.INVALID_ARGUMENT, f"malformed outputs: {error}"
                     ) from error
             job, task = self._job_gate(job_id, task_id)
             instance = self._live_instance(job, task, task_instance_id)
             if task_id.kind is TaskKind.INDEX and len(outputs) != task.declared_outputs:
-                log.error(
-                    "output count mismatch",
-                    extra={
-                        "fields": {
-                            "job_id": job_id,
-                            "task": task.key,
-                            "declared": task.declared_outputs,
-                            "got": len(outputs),
-                        }
-                    },
+                # §8.4: the instance fails as if reported failed, so the job never hangs.
+                assert task_id.index is not None
+                name = job.spec.tasks[task_id.index].name
+                mismatch = (
+                    f"output count mismatch: task {name} declared {task.declared_outputs} "
+                    f"outputs, returned {len(outputs)}"
                 )
-                raise StorageFault(StatusCode.INTERNAL, STORAGE_INTERNAL_ERROR)
+                log.warning(
+                    "output count mismatch", extra={"fields": {"job_id": job_id, "task": name}}
+                )
+                self._fail_instance(job, task, instance, mismatch)
+                raise StorageFault(StatusCode.INVALID_ARGUMENT, mismatch)
             self._instances.pop(instance.id, None)
             self._attempts.ended(instance.id, TaskState.SUCCEEDED.value, self._clock())
             task.live.discard(instance.id)
@@ -703,7 +717,7 @@ class StorageEngine:
             if child.waiting_parents == 0 and child.state is TaskState.PENDING:
                 self._make_ready(job, child)
         if job.succeeded == len(job.tasks):
-            job.outputs = encode_task_outputs(self._job_output_payloads(job))
+            job.outputs = _encode_job_outputs(self._job_output_payloads(job))
             if job.commit is not None:
                 job.state = JobState.COMMIT_READY
                 self.db.set_job_state(job.id, job.state, outputs=job.outputs)
@@ -737,27 +751,29 @@ class StorageEngine:
             self._session_gate(session_id)
             job, task = self._job_gate(job_id, task_id)
             instance = self._live_instance(job, task, task_instance_id)
-            self._instances.pop(instance.id, None)
-            self._attempts.ended(instance.id, TaskState.FAILED.value, self._clock())
-            task.live.discard(instance.id)
-            if task.retries_left > 0:
-                task.retries_left -= 1
-                # With a backoff and no other live instance, the task waits out its delay.
-                delay = 0.0 if task.live else self._retry_delay_sec(job, task)
-                if not task.live:
-                    task.state = TaskState.WAITING if delay > 0 else TaskState.READY
-                self.db.task_failed(
-                    job.id, task.key, task.state.value, task.retries_left, error_message
-                )
-                if delay > 0:
-                    self._waiting.push(self._clock() + delay, (job.id, task.task_id))
-                    self._cond.notify_all()
-                else:
-                    self._enqueue(job, task)
-                return
-            task.state = TaskState.FAILED
-            self.db.task_failed(job.id, task.key, task.state.value, 0, error_message)
-            self._finish(job, JobState.FAILED, error_message)
+            self._fail_instance(job, task, instance, error_message)
+
+    def _fail_instance(self, job: _Job, task: _Task, instance: _Instance, error: str) -> None:
+        """Remove a failed instance: retry the task if a retry is left, else fail the job."""
+        self._instances.pop(instance.id, None)
+        self._attempts.ended(instance.id, TaskState.FAILED.value, self._clock())
+        task.live.discard(instance.id)
+        if task.retries_left > 0:
+            task.retries_left -= 1
+            # With a backoff and no other live instance, the task waits out its delay.
+            delay = 0.0 if task.live else self._retry_delay_sec(job, task)
+            if not task.live:
+                task.state = TaskState.WAITING if delay > 0 else TaskState.READY
+            self.db.task_failed(job.id, task.key, task.state.value, task.retries_left, error)
+            if delay > 0:
+                self._waiting.push(self._clock() + delay, (job.id, task.task_id))
+                self._cond.notify_all()
+            else:
+                self._enqueue(job, task)
+            return
+        task.state = TaskState.FAILED
+        self.db.task_failed(job.id, task.key, task.state.value, 0, error)
+        self._finish(job, JobState.FAILED, error)
 
     # --- jobs ---
 

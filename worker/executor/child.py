@@ -1,14 +1,18 @@
 """The built-in Python executor: the entry point of every executor subprocess (executor.md §2, §4).
 
 The pool starts it as ``python -P -c BOOTSTRAP <worker_root> key=value ...`` (see
-``worker.executor.pool.executor_command``). It reads ``exec`` requests from a dedicated pipe,
+``worker.executor.processes.executor_command``). It reads ``exec`` requests from a dedicated pipe,
 runs one task at a time in this process, and answers each with one ``result`` frame on another
 pipe. fd 1 and fd 2 both go to the log pipe, so task output never touches the channel.
 
 Imports: the standard library, ``msgpack`` and the stdlib-only worker modules ``wire``,
-``channel`` and ``worker.task``, all before ``package_dir`` goes on ``sys.path``; zstd comes
-lazily, for commit tasks, through ``wire``, which keeps ``package_dir`` out of that import.
-Never trio, attrs or the runtime: the executor starts in tens of milliseconds and stays small.
+``channel``, ``messages``, ``guard`` and ``worker.task``, all before ``package_dir`` goes on
+``sys.path``; zstd comes lazily, for commit tasks, through ``wire``, which keeps ``package_dir``
+out of that import (eagerly with ``run_as``, before the user switch). Never trio, attrs or the
+runtime: the executor starts in tens of milliseconds and stays small.
+
+With ``run_as=uid:gid`` the executor switches to that user after its own imports and before
+``package_dir`` goes on ``sys.path``: no task code ever runs as the worker's user.
 
 Before and after each task the executor writes a marker line ``\\x1e<nonce> B|E <id>`` to fd 2;
 the pool's log reader uses them to tag the lines in between with the task's ids and never
@@ -35,12 +39,15 @@ from worker.executor.channel import (
     read_frame_blocking,
     write_all_blocking,
 )
+from worker.executor.guard import EXIT_CANNOT_START, RunAsIds, drop_privileges
+from worker.executor.messages import ExecuteMessage, FailureResult, ReadyMessage, SuccessResult
 from worker.executor.wire import (
     FrameDecodeError,
     GraphOutputsDecodeError,
     OutputEncodeError,
     decode_values,
     encode_return,
+    load_zstandard,
 )
 
 __all__ = ["EXIT_BAD_REQUEST", "ExecutorOptions", "main", "marker", "type_name"]
@@ -59,7 +66,15 @@ _UNSUPPORTED = (types.CoroutineType, types.GeneratorType, types.AsyncGeneratorTy
 class ExecutorOptions:
     """The executor's command-line settings (``key=value`` arguments; never the environment)."""
 
-    __slots__ = ("in_fd", "max_frame_bytes", "nonce", "out_fd", "output_limit", "package_dir")
+    __slots__ = (
+        "in_fd",
+        "max_frame_bytes",
+        "nonce",
+        "out_fd",
+        "output_limit",
+        "package_dir",
+        "run_as",
+    )
 
     def __init__(self, argv: Sequence[str]) -> None:
         values = dict(arg.split("=", 1) for arg in argv)
@@ -69,6 +84,7 @@ class ExecutorOptions:
         self.max_frame_bytes = int(values["max_frame_bytes"])
         self.output_limit = int(values["output_limit"])
         self.nonce = values["nonce"]
+        self.run_as = RunAsIds(values["run_as"]) if "run_as" in values else None
 
 
 def marker(nonce: str, edge: str, request_id: int) -> bytes:
@@ -121,34 +137,29 @@ class _Executor:
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
 
-    def send(self, message: dict[str, Any]) -> None:
-        write_all_blocking(self.options.out_fd, encode_message(message))
+    def send(self, message: ReadyMessage | SuccessResult | FailureResult) -> None:
+        write_all_blocking(self.options.out_fd, encode_message(message.to_map()))
 
     def failure(
         self, request_id: int, error_type: str, message: str, tb: str, started: int
-    ) -> dict[str, Any]:
-        error_type = _cut(error_type, _MAX_TYPE_BYTES)
-        message = _cut(message, _MAX_MESSAGE_BYTES)
+    ) -> FailureResult:
         budget = self.options.max_frame_bytes - _FRAME_OVERHEAD - _MAX_TYPE_BYTES
-        tb = _cut(tb, max(budget - _MAX_MESSAGE_BYTES, 0))
-        return {
-            "t": "result",
-            "id": request_id,
-            "ok": False,
-            "type": error_type,
-            "msg": message,
-            "tb": tb,
-            "us": _elapsed_us(started),
-        }
+        return FailureResult(
+            request_id,
+            _cut(error_type, _MAX_TYPE_BYTES),
+            _cut(message, _MAX_MESSAGE_BYTES),
+            _cut(tb, max(budget - _MAX_MESSAGE_BYTES, 0)),
+            _elapsed_us(started),
+        )
 
-    def run_task(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Resolve, decode, call and encode one task; always returns a ``result`` message."""
-        request_id: int = request["id"]
+    def run_task(self, request: ExecuteMessage) -> SuccessResult | FailureResult:
+        """Resolve, decode, call and encode one task; always returns a result message."""
+        request_id = request.request_id
         started = time.perf_counter_ns()
-        package: str = request["pkg"]
-        func_name: str = request["func"]
-        kind: str = request["kind"]
-        io: bytes = request["io"]
+        package = request.package
+        func_name = request.task_func
+        kind = request.kind
+        io = request.task_io
         try:
             module = importlib.import_module(package)
         except BaseException as exc:
@@ -191,10 +202,10 @@ class _Executor:
             except FrameDecodeError as exc:
                 return self.failure(request_id, "InputDecodeError", str(exc), "", started)
         context = task_context.TaskContext(
-            job_id=request["job"],
-            task_id=task_context.TaskRef(kind, request["index"]),
-            task_instance_id=request["inst"],
-            resource_group_id=request["rg"],
+            job_id=request.job_id,
+            task_id=task_context.TaskRef(kind, request.task_index),
+            task_instance_id=request.task_instance_id,
+            resource_group_id=request.resource_group_id,
             package=package,
             task_func=func_name,
             serialized_graph_outputs=io if kind == "commit" else None,
@@ -237,13 +248,7 @@ class _Executor:
                 "",
                 started,
             )
-        return {
-            "t": "result",
-            "id": request_id,
-            "ok": True,
-            "out": outputs,
-            "us": _elapsed_us(started),
-        }
+        return SuccessResult(request_id, outputs, _elapsed_us(started))
 
     def serve(self) -> int:
         """Answer requests until ``shutdown`` or EOF (0) or a bad frame (non-zero)."""
@@ -270,7 +275,7 @@ class _Executor:
                 return EXIT_BAD_REQUEST
             os.write(2, marker(nonce, "B", request_id))
             try:
-                response = self.run_task(request)
+                response = self.run_task(ExecuteMessage.from_map(request))
             except (KeyError, TypeError) as exc:  # a request missing fields: a parent bug
                 os.write(2, f"executor: malformed request: {exc!r}\n".encode())
                 return EXIT_BAD_REQUEST
@@ -292,16 +297,36 @@ def _flush_stdio() -> None:
             pass
 
 
+def _switch_user(ids: RunAsIds) -> None:
+    """Become the ``run_as`` user, after loading what this executor needs (executor.md §8.1).
+
+    The user may not be able to read the interpreter's own directories, so every module the
+    executor needs is imported first, zstandard (commit tasks) included.
+    """
+    try:  # noqa: SIM105 (contextlib is not imported here: start-up cost)
+        load_zstandard()
+    except ImportError:
+        pass  # not installed: a commit task that needs it fails the same way after the switch
+    drop_privileges(ids)
+
+
 def main(argv: Sequence[str]) -> None:
-    """Run the executor: point fd 1 at fd 2, put ``package_dir`` first, say ``ready``, serve."""
+    """Run the executor: point fd 1 at fd 2, switch user (``run_as``), put ``package_dir``
+    first, say ``ready``, serve."""
     options = ExecutorOptions(argv)
     os.dup2(2, 1)  # C-level writes to fd 1 land in the log pipe, never in the channel
     sys.stdout = sys.stderr  # Python-level prints too, in order with the rest of stderr
+    if options.run_as is not None:
+        try:
+            _switch_user(options.run_as)
+        except OSError as exc:
+            os.write(2, f"executor: cannot switch to the run_as user: {exc}\n".encode())
+            os._exit(EXIT_CANNOT_START)
     sys.path.insert(0, options.package_dir)
     executor = _Executor(options)
     code = EXIT_BAD_REQUEST
     try:
-        executor.send({"t": "ready", "v": PROTOCOL_VERSION, "pid": os.getpid()})
+        executor.send(ReadyMessage(PROTOCOL_VERSION, os.getpid()))
         code = executor.serve()
     except OSError as exc:  # the parent went away (broken pipe): nothing left to serve
         os.write(2, f"executor: channel failed: {exc}\n".encode())

@@ -31,6 +31,7 @@ __all__ = [
     "decode_values",
     "encode_frame",
     "encode_graph_outputs",
+    "load_zstandard",
     "encode_payload",
     "encode_return",
     "encode_values",
@@ -157,19 +158,25 @@ def encode_return(value: Any) -> bytes:
 
 
 def encode_graph_outputs(
-    payloads: Sequence[bytes], *, compress: bool | None = None, level: int = 3
+    payloads: Sequence[bytes],
+    *,
+    compress: bool | None = None,
+    level: int = 3,
+    content_size: bool = True,
 ) -> bytes:
     """``SerializedTaskOutputs`` for raw ``payloads``.
 
     With ``compress=None`` the option follows Spider's storage: zstd (option 1) when the payload
     bytes sum to more than ``ZSTD_THRESHOLD_BYTES``, else the plain frame (option 0).
+    ``content_size=False`` leaves the decompressed size out of the zstd frame header, as
+    Spider's storage does (it writes with a streaming compressor).
     """
     frame = encode_frame(payloads)
     if compress is None:
         compress = sum(len(p) for p in payloads) > ZSTD_THRESHOLD_BYTES
     if not compress:
         return bytes([_OPTION_WIRE]) + frame
-    compressor = _zstandard().ZstdCompressor(level=level)
+    compressor = _zstandard().ZstdCompressor(level=level, write_content_size=content_size)
     compressed: bytes = compressor.compress(frame)
     return bytes([_OPTION_ZSTD]) + compressed
 
@@ -202,6 +209,11 @@ def decode_graph_payloads(payloads: Sequence[bytes]) -> list[Any]:
         return [decode_payload(p, i) for i, p in enumerate(payloads)]
     except FrameDecodeError as exc:
         raise GraphOutputsDecodeError(f"graph outputs: {exc}") from None
+
+
+def load_zstandard() -> None:
+    """Import ``zstandard`` now (before an executor switches users); ``ImportError`` if absent."""
+    _zstandard()
 
 
 def _zstandard() -> Any:

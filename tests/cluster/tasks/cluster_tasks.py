@@ -69,3 +69,25 @@ def cleanup() -> None:
 def crash(code: int) -> None:
     """Exit the executor process at once (a crash, not an in-task failure)."""
     os._exit(code)
+
+
+def sleepy_leaving_a_straggler(seconds: float, value: object) -> object:
+    """Start a grandchild that ignores SIGTERM and lingers 30 s, sleep, then return ``value``.
+
+    The grandchild stays in the executor's process group: only the worker's clean-up (or the
+    executor's own guard when the worker dies) ends it.
+    """
+    import subprocess
+
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(seconds)
+    return value

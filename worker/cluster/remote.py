@@ -23,10 +23,8 @@ _CALL_TIMEOUT_SEC: Final = 30.0
 _POLL_SEC: Final = 0.2
 
 
-def start_job(
-    channel: grpc.Channel, job: Job
-) -> tuple[storage_pb2_grpc.JobOrchestrationServiceStub, int]:
-    """Register ``job`` in the default resource group and start it; ``(jobs stub, job id)``.
+def start_job(channel: grpc.Channel, job: Job) -> int:
+    """Register ``job`` in the default resource group and start it; returns its id.
 
     Raises ``grpc.RpcError`` if the storage cannot be reached or refuses the job.
     """
@@ -46,7 +44,7 @@ def start_job(
         timeout=_CALL_TIMEOUT_SEC,
     ).job_id
     jobs.StartJob(storage_pb2.JobIdRequest(job_id=job_id), timeout=_CALL_TIMEOUT_SEC)
-    return jobs, job_id
+    return int(job_id)
 
 
 def run_remote(job: Job, address: str, *, timeout_sec: float) -> list[Any]:
@@ -54,7 +52,8 @@ def run_remote(job: Job, address: str, *, timeout_sec: float) -> list[Any]:
     its outputs; raises ``worker.api.JobFailedError`` unless it succeeded, and ``grpc.RpcError``
     if the storage cannot be reached or refuses the job."""
     with grpc.insecure_channel(address) as channel:
-        jobs, job_id = start_job(channel, job)
+        job_id = start_job(channel, job)
+        jobs = storage_pb2_grpc.JobOrchestrationServiceStub(channel)
         request = storage_pb2.JobIdRequest(job_id=job_id)
         deadline = time.monotonic() + timeout_sec
         while True:

@@ -160,3 +160,16 @@ def test_run_local_returns_the_outputs_and_raises_naming_the_failed_task(tmp_pat
         in done.stdout
     )
     assert JobFailedError.__mro__[1] is RuntimeError
+
+
+def test_importing_the_api_loads_none_of_the_workers_dependencies() -> None:
+    # Task modules import worker.api inside executors, which must stay lean.
+    probe = (
+        "import sys, worker.api; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'trio', 'attrs', 'cattrs', 'grpc', 'msgpack', 'yaml', 'rich', 'zstandard'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

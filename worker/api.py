@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 if TYPE_CHECKING:
     from worker.cluster import jobs as cluster_jobs
+    from worker.cluster.retry_backoff import RetryBackoff
 
 __all__ = [
     "Job",
@@ -284,7 +285,7 @@ def _timeouts(options: TaskOptions) -> cluster_jobs.TaskTimeouts:
     return default_timeouts(options.soft_timeout_ms, options.timeout_ms)
 
 
-def _backoff(options: TaskOptions) -> Any:
+def _backoff(options: TaskOptions) -> RetryBackoff | None:
     if options.retry_delay_ms is None:
         return None
     from worker.cluster.retry_backoff import RetryBackoff

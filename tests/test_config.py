@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import stat
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -313,12 +314,14 @@ def test_one_line_error_naming_the_key(minimal: dict[str, Any], edit: Any, expec
 def test_unknown_keys_are_returned_not_fatal(minimal: dict[str, Any]) -> None:
     minimal["schedulr"] = {"host": "typo"}
     minimal["liveness"]["storage_heartbeat_interval"] = 1
-    minimal["metrics"] = {"port": 9000}
+    minimal["tracing"] = {"port": 9000}
+    minimal["metrics"] = {"host": "127.0.0.1", "port": 0, "path": "/m"}
     loaded = parse_config(minimal, {})
     assert set(loaded.unknown_keys) == {
         "schedulr",
         "liveness.storage_heartbeat_interval",
-        "metrics",
+        "tracing",
+        "metrics.path",
     }
 
 
@@ -375,8 +378,10 @@ def test_every_key_is_documented_with_its_accepted_values() -> None:
     def walk(cls: type) -> None:
         for field in attrs.fields(cls):
             assert field.metadata.get("doc"), f"{cls.__name__}.{field.name} has no doc"
-            if isinstance(field.type, type) and attrs.has(field.type):
-                walk(field.type)
+            members = [arg for arg in typing.get_args(field.type) if arg is not type(None)]
+            block = members[0] if len(members) == 1 else field.type  # an optional block
+            if isinstance(block, type) and attrs.has(block):
+                walk(block)
             else:
                 assert field.metadata.get("check"), f"{cls.__name__}.{field.name} has no check"
 
@@ -389,3 +394,20 @@ def test_configuration_doc_lists_every_key_and_override() -> None:
         assert f"`{entry.key}`" in doc, f"docs/configuration.md does not document {entry.key}"
     for variable in ENV_OVERRIDES:
         assert variable in doc
+
+
+def test_metrics_block_is_optional_and_checked(minimal: dict[str, Any]) -> None:
+    assert parse_config(minimal, {}).config.metrics is None
+    minimal["metrics"] = {"host": "0.0.0.0", "port": 0}
+    metrics = parse_config(minimal, {}).config.metrics
+    assert metrics is not None
+    assert (metrics.host, metrics.port, metrics.target) == ("0.0.0.0", 0, "0.0.0.0:0")
+    minimal["metrics"] = {"host": "0.0.0.0", "port": 65536}
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error: metrics\.port: must be an integer in 0\.\.65535, got 65536$",
+    ):
+        parse_config(minimal, {})
+    minimal["metrics"] = {"port": 9100}
+    with pytest.raises(ConfigError, match=r"^config error: metrics\.host: missing required key$"):
+        parse_config(minimal, {})

@@ -177,7 +177,8 @@ def test_docs_block_runs(block: Block, page_folders: dict[Path, Path]) -> None:
         done = _run_python(block.code, page_folders[block.page], f"block_{block.line}")
         assert done.returncode == block.expected_exit, done.stdout + done.stderr
         return
-    for raw in block.code.splitlines():
+    # A line ending in a backslash continues on the next one, as in the shell.
+    for raw in block.code.replace("\\\n", " ").splitlines():
         command = re.sub(r"\s+#.*$", "", raw).strip()
         if not command or command.startswith("#"):
             continue

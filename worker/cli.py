@@ -7,6 +7,8 @@ command line stay fast and a command's dependencies load only for that command:
 * ``python -m worker local [JOBFILE] [--workers N]``: the embedded default;
 * ``python -m worker cluster``: the reference scheduler and storage;
 * ``python -m worker submit JOBFILE [--wait]``: submit a job to a running cluster;
+* ``python -m worker jobs | status JOB [--watch] | result JOB | cancel JOB | workers``: look at
+  and steer a running cluster;
 * ``python -m worker diagram``: regenerate the statecharts.
 """
 
@@ -28,6 +30,11 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "cluster": ("worker.cluster.serve:main", "serve the reference scheduler and storage"),
     "submit": ("worker.cluster.submit:main", "submit a job file to a running cluster"),
     "diagram": ("worker.statecharts:main", "regenerate the statecharts from the transition table"),
+    "jobs": ("worker.cluster.admin_cli:jobs_main", "list a running cluster's jobs"),
+    "status": ("worker.cluster.admin_cli:status_main", "show a job's tasks (--watch: follow it)"),
+    "result": ("worker.cluster.admin_cli:result_main", "print a job's outputs"),
+    "cancel": ("worker.cluster.admin_cli:cancel_main", "cancel a job (its cleanup task runs)"),
+    "workers": ("worker.cluster.admin_cli:workers_main", "list the registered workers"),
 }
 
 #: ``python -m worker --config FILE``: the one worker process.

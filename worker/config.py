@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import pwd
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -41,6 +42,7 @@ __all__ = [
     "LivenessConfig",
     "LoadedConfig",
     "LogConfig",
+    "MetricsConfig",
     "RunAs",
     "ShutdownConfig",
     "FRAME_HEADROOM_BYTES",
@@ -488,6 +490,26 @@ class LogConfig:
 
 
 @attrs.frozen(slots=True)
+class MetricsConfig:
+    """Where the worker serves its metrics and health probes (plain HTTP, its own thread)."""
+
+    host: str = attrs.field(
+        metadata=_key(
+            "Address to listen on (e.g. 127.0.0.1, or 0.0.0.0 for every interface).",
+            _non_empty_string(),
+        )
+    )
+    port: int = attrs.field(
+        metadata=_key("TCP port to listen on (0: a free port, logged).", _integer(0, 65535))
+    )
+
+    @property
+    def target(self) -> str:
+        """``host:port`` as printed in logs."""
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen(slots=True)
 class WorkerConfig:
     """One worker's configuration file."""
 
@@ -522,6 +544,10 @@ class WorkerConfig:
         factory=BackoffConfig, metadata=_block("Retry backoff (optional).")
     )
     log: LogConfig = attrs.field(factory=LogConfig, metadata=_block("Log output (optional)."))
+    metrics: MetricsConfig | None = attrs.field(
+        default=None,
+        metadata=_block("Metrics and health endpoints over HTTP (optional; absent: off)."),
+    )
 
     def to_runtime_settings(self) -> RuntimeSettings:
         """The runtime's settings."""
@@ -574,6 +600,7 @@ _CLASSES: Final = (
     GrpcConfig,
     BackoffConfig,
     LogConfig,
+    MetricsConfig,
     WorkerConfig,
 )
 
@@ -621,6 +648,13 @@ def _first_error(error: Exception) -> tuple[str | None, str]:
     return None, str(error)
 
 
+def _block_class(annotation: Any) -> type | None:
+    """The config class of a block field (``X`` or ``X | None``), else ``None``."""
+    members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    candidate = members[0] if len(members) == 1 else annotation
+    return candidate if isinstance(candidate, type) and attrs.has(candidate) else None
+
+
 def _unknown_keys(raw: Mapping[str, Any], cls: type, prefix: str = "") -> list[str]:
     fields = {field.name: field for field in attrs.fields(cls)}
     unknown: list[str] = []
@@ -629,8 +663,8 @@ def _unknown_keys(raw: Mapping[str, Any], cls: type, prefix: str = "") -> list[s
         field = fields.get(str(key))
         if field is None:
             unknown.append(path)
-        elif isinstance(field.type, type) and attrs.has(field.type) and isinstance(value, Mapping):
-            unknown.extend(_unknown_keys(value, field.type, f"{path}."))
+        elif (block := _block_class(field.type)) is not None and isinstance(value, Mapping):
+            unknown.extend(_unknown_keys(value, block, f"{path}."))
     return unknown
 
 

@@ -222,10 +222,24 @@ def main(argv: Sequence[str]) -> int:
             }
         },
     )
+    metrics_server = None
+    if config.metrics is not None:  # bound before the pool starts and before registering
+        from worker.metrics import MetricsBindError, WorkerMetrics, serve_metrics
+
+        try:
+            metrics_server = serve_metrics(
+                config.metrics.host, config.metrics.port, WorkerMetrics()
+            )
+        except MetricsBindError as error:
+            logger.error("boot failed: %s", error)
+            return ExitCode.FATAL
     try:
         code = trio.run(run_worker, config, latch)
     except Exception:
         logger.critical("internal error", exc_info=True)
         return ExitCode.FATAL
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     logger.info("worker stopped", extra={"fields": {"exit_code": int(code)}})
     return int(code)

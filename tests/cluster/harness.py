@@ -205,15 +205,17 @@ def run_command(
 
 
 def serve_cluster(
-    tmp_path: Path, *ports: str, database: Path | None = None
+    tmp_path: Path, *ports: str, database: Path | None = None, options: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[str], int, int, int]:
-    """Start ``python -m worker cluster``; returns it, its storage and scheduler ports, session."""
+    """Start ``python -m worker cluster`` (with extra ``options``); returns it, its storage and
+    scheduler ports, session."""
     storage_port, scheduler_port = ports if ports else ("0", "0")
     server = subprocess.Popen(
         [
             *(sys.executable, "-m", "worker", "cluster"),
             *("--storage-port", storage_port, "--scheduler-port", scheduler_port),
             *("--db", str(database or tmp_path / "c.db"), "--log-level", "warning"),
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

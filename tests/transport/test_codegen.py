@@ -30,9 +30,9 @@ def test_committed_stubs_match_the_protos(expected: dict[str, str]) -> None:
 def test_generated_modules_never_need_a_top_level_proto_package(expected: dict[str, str]) -> None:
     for name, text in expected.items():
         for line in text.splitlines():
-            assert not line.startswith(("from common ", "from scheduler ", "from storage ")), (
-                f"{name}: {line}"
-            )
+            assert not line.startswith(
+                ("from admin ", "from common ", "from scheduler ", "from storage ")
+            ), f"{name}: {line}"
     # In a fresh interpreter, importing every stub defines each proto file once and creates no
     # top-level `common`/`scheduler`/`storage` module.
     script = (
@@ -40,7 +40,8 @@ def test_generated_modules_never_need_a_top_level_proto_package(expected: dict[s
         "from worker.transport._generated.common import common_pb2, common_pb2_grpc\n"
         "from worker.transport._generated.scheduler import scheduler_pb2, scheduler_pb2_grpc\n"
         "from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc\n"
-        "assert not {'common', 'scheduler', 'storage'} & set(sys.modules), sys.modules.keys()\n"
+        "from worker.transport._generated.admin import admin_pb2, admin_pb2_grpc\n"
+        "assert not {'admin', 'common', 'scheduler', 'storage'} & set(sys.modules), sys.modules\n"
         "assert scheduler_pb2.SchedulerAssignment.DESCRIPTOR.fields_by_name['task_id']"
         ".message_type is common_pb2.TaskId.DESCRIPTOR\n"
     )

@@ -299,6 +299,14 @@ class Database:
         ).fetchone()
         return JobRow(*row) if row else None
 
+    def recent_jobs(self, limit: int | None = None) -> list[JobRow]:
+        """Every job, newest first (at most ``limit``)."""
+        rows = self._conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return [JobRow(*row) for row in rows]
+
     def jobs_in_states(self, states: list[int]) -> list[JobRow]:
         """Every job whose state is one of ``states``, by id."""
         marks = ",".join("?" * len(states))
@@ -372,6 +380,16 @@ class Database:
             return (1, 0 if row.task == "commit" else 1)
 
         return sorted(result, key=order)
+
+    def job_counts_by_state(self) -> dict[int, int]:
+        """``{job state: count}`` over every job."""
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {int(state): int(count) for state, count in rows.fetchall()}
+
+    def task_counts_by_state(self) -> dict[str, int]:
+        """``{task state: count}`` over every job's tasks."""
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+        return {str(state): int(count) for state, count in rows.fetchall()}
 
     def task_state_counts(self, job_id: int) -> dict[str, int]:
         """``{state: count}`` over a job's tasks."""

@@ -165,6 +165,9 @@ class SchedulerEngine:
         self.reschedule_log: collections.deque[tuple[int, Assignment]] = _log()
         self.acks_completed: collections.deque[AckRecord] = _log()
         self.acks_skipped: collections.deque[SkippedAck] = _log()
+        #: Running totals (the logs above are bounded): acks by outcome, reschedules.
+        self.ack_totals: collections.Counter[str] = collections.Counter()
+        self.reschedules_total = 0
         #: How many ``NextTask`` calls are blocked in the long poll right now.
         self.waiting_polls = 0
         #: ``clock()`` when a ``NextTask`` call last arrived or ended.
@@ -340,6 +343,7 @@ class SchedulerEngine:
             reason = "unknown worker"
         elif worker.outstanding.pop(assignment_id, None) is None:
             reason = "unknown assignment"
+        self.ack_totals[reason or "completed"] += 1
         if reason:
             self.acks_skipped.append(SkippedAck(em_id, assignment_id, from_scheduler, reason))
             log.warning(
@@ -375,6 +379,7 @@ class SchedulerEngine:
                 )
             )
             self.reschedule_log.append((em_id, assignment))
+            self.reschedules_total += 1
             log.info("rescheduled", extra={"fields": _fields(em_id, assignment)})
         worker.outstanding.clear()
         self._cond.notify_all()

@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         help="NextTask calls that may wait at once: at least workers x slots (1024)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="serve Prometheus metrics on --host:P at /metrics (0: a free port, printed)",
+    )
     return parser
 
 
@@ -57,8 +64,9 @@ def _problem(args: argparse.Namespace) -> str | None:
     for option, value in (
         ("--storage-port", args.storage_port),
         ("--scheduler-port", args.scheduler_port),
+        ("--metrics-port", args.metrics_port),
     ):
-        if not 0 <= value <= 65535:
+        if value is not None and not 0 <= value <= 65535:
             return f"{option} must be in 0..65535, got {value}"
     for option, number in (
         ("--stale-cutoff-sec", args.stale_cutoff_sec),
@@ -81,6 +89,16 @@ def main(argv: Sequence[str]) -> int:
         print(f"cluster: {problem}", file=sys.stderr)
         return EXIT_USAGE
     make_non_dumpable()
+    metrics = None
+    if args.metrics_port is not None:  # bound first: a taken port starts nothing
+        from worker.cluster.metrics import ClusterMetricsEndpoint
+        from worker.metrics.endpoint import MetricsBindError
+
+        try:
+            metrics = ClusterMetricsEndpoint(args.host, args.metrics_port)
+        except MetricsBindError as error:
+            print(f"cluster: {error}", file=sys.stderr)
+            return EXIT_FAILED
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -104,7 +122,11 @@ def main(argv: Sequence[str]) -> int:
         cluster = EmbeddedCluster(settings)
     except ClusterStartError as error:
         print(f"cluster: cannot start: {error}", file=sys.stderr)
+        if metrics is not None:
+            metrics.close()
         return EXIT_FAILED
+    if metrics is not None:
+        metrics.serve(cluster.storage, lambda: cluster.scheduler)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
@@ -115,7 +137,11 @@ def main(argv: Sequence[str]) -> int:
             f"database {args.db}",
             flush=True,
         )
+        if metrics is not None:
+            print(f"metrics on http://{args.host}:{metrics.port}/metrics", flush=True)
         while not stopped.wait(1.0):
             pass
+    if metrics is not None:
+        metrics.close()
     print("cluster stopped", flush=True)
     return 0

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import grpc
 
+from worker.cluster.admin import add_admin_service
 from worker.cluster.scheduler import (
     SchedulerBusy,
     SchedulerClosed,
@@ -657,6 +658,7 @@ class StorageServer:
         storage_pb2_grpc.add_SessionManagementServiceServicer_to_server(
             _Sessions(engine, self.hooks), self._server
         )
+        add_admin_service(self._server, engine)  # ours: the status commands' service
         self.host = listener.host
         self.port = listener.port
         self._gc_stop = threading.Event()

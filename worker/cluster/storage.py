@@ -21,7 +21,7 @@ from typing import Final
 import attrs
 
 from worker.cluster.attempts import LOST, Attempt, AttemptLog
-from worker.cluster.db import Database, JobRow, TaskRow
+from worker.cluster.db import Database, EmRow, JobRow, TaskRow
 from worker.cluster.jobs import (
     AuxTask,
     Job,
@@ -55,6 +55,7 @@ __all__ = [
     "StorageFault",
     "StorageSettings",
     "TaskState",
+    "task_key",
 ]
 
 log = logging.getLogger("worker.cluster.storage")
@@ -180,7 +181,7 @@ class _Task:
 
     @property
     def key(self) -> str:
-        return _task_key(self.task_id)
+        return task_key(self.task_id)
 
 
 @attrs.define(slots=True)
@@ -205,7 +206,8 @@ class _Job:
         return self.commit if task_id.kind is TaskKind.COMMIT else self.cleanup
 
 
-def _task_key(task_id: TaskId) -> str:
+def task_key(task_id: TaskId) -> str:
+    """The name storage's tables and the admin service give a task: ``index:N``, or its kind."""
     return f"index:{task_id.index}" if task_id.kind is TaskKind.INDEX else task_id.kind.value
 
 
@@ -892,3 +894,27 @@ class StorageEngine:
         """``{instance id: (em_id, job_id, task_id)}`` of every live instance."""
         with self._cond:
             return {i.id: (i.em_id, i.job_id, i.task_id) for i in self._instances.values()}
+
+    def job_record(self, job_id: int) -> JobRow:
+        """The job's durable row; ``NOT_FOUND`` if there is none."""
+        return self._job_row(job_id)
+
+    def recent_jobs(self, limit: int | None = None) -> list[JobRow]:
+        """Every job's durable row, newest first (at most ``limit``)."""
+        with self._cond:
+            return self.db.recent_jobs(limit)
+
+    def state_counts(self) -> tuple[dict[int, int], dict[str, int]]:
+        """``({job state: count}, {task state: count})`` over every job in the database."""
+        with self._cond:
+            return self.db.job_counts_by_state(), self.db.task_counts_by_state()
+
+    def ready_counts(self) -> dict[Lane, int]:
+        """``{lane: entries}`` of the inbound lanes the scheduler has not pulled yet."""
+        with self._cond:
+            return {lane: len(entries) for lane, entries in self._lanes.items()}
+
+    def execution_managers(self) -> list[EmRow]:
+        """Every registered worker's durable row (alive or dead)."""
+        with self._cond:
+            return self.db.ems()

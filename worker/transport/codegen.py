@@ -26,7 +26,12 @@ GENERATED_DIR: Final = _TRANSPORT_DIR / "_generated"
 GENERATED_PACKAGE: Final = "worker.transport._generated"
 
 #: The proto files, relative to ``PROTO_ROOT``; their directories become subpackages.
-PROTO_FILES: Final = ("common/common.proto", "scheduler/scheduler.proto", "storage/storage.proto")
+PROTO_FILES: Final = (
+    "common/common.proto",
+    "scheduler/scheduler.proto",
+    "storage/storage.proto",
+    "admin/admin.proto",  # ours: the reference cluster's admin service, not Spider's
+)
 
 _PROTO_PACKAGES: Final = tuple(sorted({Path(name).parent.name for name in PROTO_FILES}))
 _IMPORT_PATTERN: Final = re.compile(

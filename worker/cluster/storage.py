@@ -387,7 +387,10 @@ class StorageEngine:
         """
         deadline = time.monotonic() + max(0.0, wait_sec)
         with self._cond:
-            while not self._release_waiting() and not any(self._lanes[lane] for lane in lanes):
+            while True:
+                self._release_waiting()
+                if any(self._lanes[lane] for lane in lanes):
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return self.session_id, []
@@ -403,9 +406,8 @@ class StorageEngine:
                     taken.append(queue.popleft())
             return self.session_id, taken
 
-    def _release_waiting(self) -> bool:
-        """Make the tasks whose retry delay passed ready again; whether any was."""
-        released = False
+    def _release_waiting(self) -> None:
+        """Make the tasks whose retry delay passed ready again (and enqueue them)."""
         for job_id, task_id in self._waiting.pop_due(self._clock()):
             job = self._jobs.get(job_id)
             task = job.lookup(task_id) if job else None
@@ -413,8 +415,6 @@ class StorageEngine:
                 continue
             if task.state is TaskState.WAITING:
                 self._make_ready(job, task)
-                released = True
-        return released
 
     def _retry_delay_sec(self, job: _Job, task: _Task) -> float:
         """The delay before the retry just granted (0 without a backoff); our extension."""

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from worker.command_line import add_log_level, add_worker_options, invoked_prog, wrap
 
-__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_CONFIG", "main", "version"]
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_CONFIG", "main"]
 
 EXIT_CONFIG: Final = 2
 #: The reader of our output went away (Python's documented convention for EPIPE).
@@ -56,17 +56,6 @@ _VALUE_OPTIONS: Final = frozenset({"-c", "--config", "--log-level"})
 _Command = Callable[[Sequence[str]], int]
 
 
-def version() -> str:
-    """The installed version: that of the distribution whose console script runs :func:`main`,
-    else ``worker.__version__`` (a source tree run without installing), else ``unknown``."""
-    from importlib import metadata
-
-    for entry in metadata.entry_points(group="console_scripts"):
-        if entry.value == f"{__name__}:main" and entry.dist is not None:
-            return entry.dist.version
-    return str(getattr(importlib.import_module("worker"), "__version__", "unknown"))
-
-
 class _VersionAction(argparse.Action):
     """``--version``: looked up only when asked (reading metadata costs time)."""
 
@@ -74,7 +63,9 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
-        print(f"{parser.prog} {version()}")
+        from worker.version import version_line
+
+        print(version_line())
         parser.exit(0)
 
 

@@ -4,10 +4,12 @@ For task authors and tests::
 
     from worker import taskio
 
-    frame = taskio.encode_inputs(10)            # b"\\x01\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x0a"
-    taskio.decode_outputs(b"\\x01\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x37")   # [55]
-    taskio.encode_outputs((10, "hi"))          # what a task returning (10, "hi") reports
-    taskio.encode_graph_outputs([3, -1, -2])   # a commit task's SerializedTaskOutputs
+    assert taskio.encode_inputs(10) == b"\\x01\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x0a"
+    assert taskio.decode_outputs(b"\\x01\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x37") == [55]
+    frame = taskio.encode_outputs((10, "hi"))  # what a task returning (10, "hi") reports
+    assert taskio.decode_outputs(frame) == [10, "hi"]
+    outputs = taskio.encode_graph_output_values([3, -1, -2])  # a commit task's input
+    assert taskio.decode_graph_output_values(outputs) == [3, -1, -2]
 
 Payloads are msgpack (str as str, bytes as bin; decoding accepts integer map keys and gives
 lists for arrays). See docs/tasks.md for the rules.

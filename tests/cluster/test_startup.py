@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.cluster.harness import run_command, serve_cluster, stop_cluster
+from tests.cluster.harness import TASKS_DIR, run_command, serve_cluster, stop_cluster
 from worker.cluster import local, serve, submit
 from worker.cluster.db import DatabaseLock, DatabaseUnavailable
 from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
@@ -121,7 +121,12 @@ def test_a_second_cluster_on_the_same_ports_or_database_fails_and_the_first_keep
 @pytest.mark.slow
 def test_every_start_up_failure_is_one_line_with_its_exit_code(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text("tasks: [{name: a, module: m, function: f}]\n", encoding="utf-8")
+    # A job that passes local's preflight check, so the start-up failures are what is left.
+    job.write_text(
+        f"package_dir: {TASKS_DIR}\n"
+        "tasks: [{name: a, module: cluster_tasks, function: echo, inputs: [1]}]\n",
+        encoding="utf-8",
+    )
     locked_db = tmp_path / "locked.db"
     lock = DatabaseLock(locked_db)
     try:

@@ -13,7 +13,7 @@ The submission encoding (protocol.md §8.6 [D]) is documented in docs/local-clus
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import attrs
 import msgpack
 import yaml
 import zstandard
+
+from worker.cluster.retry_backoff import RetryBackoff, RetryBackoffError
 
 __all__ = [
     "DEFAULT_HARD_TIMEOUT_MS",
@@ -36,6 +38,7 @@ __all__ = [
     "Task",
     "TaskTimeouts",
     "decode_job",
+    "default_timeouts",
     "encode_job",
     "load_job_file",
     "parse_job",
@@ -74,6 +77,17 @@ class TaskTimeouts:
             raise JobError(
                 f"{where}: timeout.hard_ms: must exceed soft_ms ({self.hard_ms} <= {self.soft_ms})"
             )
+
+
+def default_timeouts(soft_ms: int | None = None, hard_ms: int | None = None) -> TaskTimeouts:
+    """Timeouts with defaults for what is not given; ``hard_ms`` alone gets
+    ``soft_ms = min(150 000, hard_ms - 1)`` (protocol.md §8.6), so it is valid on its own."""
+    if soft_ms is None:
+        if hard_ms is None or not _is_int(hard_ms):
+            soft_ms = DEFAULT_SOFT_TIMEOUT_MS
+        else:
+            soft_ms = min(DEFAULT_SOFT_TIMEOUT_MS, hard_ms - 1)
+    return TaskTimeouts(soft_ms, DEFAULT_HARD_TIMEOUT_MS if hard_ms is None else hard_ms)
 
 
 @attrs.frozen(slots=True)
@@ -121,6 +135,8 @@ class Task:
     retries: int = 0
     max_instances: int = 1
     timeout: TaskTimeouts = TaskTimeouts()
+    #: Delay between retries (our extension; None: retry at once, as Spider does).
+    backoff: RetryBackoff | None = None
 
 
 @attrs.frozen(slots=True)
@@ -189,6 +205,11 @@ def _check_task(task: Task) -> None:
     _check_count(where, "retries", task.retries, 0)
     _check_count(where, "max_instances", task.max_instances, 1)
     task.timeout.check(where)
+    if task.backoff is not None:
+        try:
+            task.backoff.check(where)
+        except RetryBackoffError as error:
+            raise JobError(str(error)) from error
 
 
 def _check_aux(role: str, task: AuxTask) -> None:
@@ -280,13 +301,16 @@ class JobBuilder:
         retries: int = 0,
         max_instances: int = 1,
         timeout: TaskTimeouts = TaskTimeouts(),
+        backoff: RetryBackoff | None = None,
     ) -> JobBuilder:
         """Add a task; an input that is a :class:`Ref` reads a parent's output, else a literal."""
         converted = tuple(
             item if isinstance(item, Ref | Literal) else Literal.of(item) for item in inputs
         )
         self._tasks.append(
-            Task(name, module, function, converted, outputs, retries, max_instances, timeout)
+            Task(
+                name, module, function, converted, outputs, retries, max_instances, timeout, backoff
+            )
         )
         return self
 
@@ -336,6 +360,7 @@ _TASK_KEYS = {
     "retries",
     "max_instances",
     "timeout",
+    "retry_backoff",
 }
 _AUX_KEYS = {"module", "function", "retries", "timeout"}
 _JOB_KEYS = {"name", "package_dir", "tasks", "commit", "cleanup"}
@@ -360,10 +385,7 @@ def _parse_timeout(where: str, value: object) -> TaskTimeouts:
         return TaskTimeouts()
     data = _mapping(f"{where}: timeout", value)
     _reject_unknown(f"{where}: timeout", data, {"soft_ms", "hard_ms"})
-    return TaskTimeouts(
-        soft_ms=data.get("soft_ms", DEFAULT_SOFT_TIMEOUT_MS),
-        hard_ms=data.get("hard_ms", DEFAULT_HARD_TIMEOUT_MS),
-    )
+    return default_timeouts(data.get("soft_ms"), data.get("hard_ms"))
 
 
 def _parse_input(where: str, position: int, value: object) -> Input:
@@ -407,7 +429,20 @@ def _parse_task(position: int, value: object) -> Task:
         retries=data.get("retries", 0),
         max_instances=data.get("max_instances", 1),
         timeout=_parse_timeout(where, data.get("timeout")),
+        backoff=_read_backoff(where, data.get("retry_backoff"), RetryBackoff.from_mapping),
     )
+
+
+def _read_backoff(
+    where: str, value: object, read: Callable[[str, object], RetryBackoff]
+) -> RetryBackoff | None:
+    """A task's retry backoff from a job file or a submission (None when absent)."""
+    if value is None:
+        return None
+    try:
+        return read(where, value)
+    except RetryBackoffError as error:
+        raise JobError(str(error)) from error
 
 
 def _parse_aux(role: str, value: object) -> AuxTask | None:
@@ -490,7 +525,8 @@ def encode_job(job: Job) -> tuple[bytes, bytes]:
     Graph document: ``{"version": 1, "name", "tasks": [{"name", "module", "function",
     "inputs": [["literal", k] | ["parent", task_index, output]], "outputs", "retries",
     "max_instances", "timeout": [soft_ms, hard_ms]}], "commit", "cleanup"}``; the inputs document
-    is the list of literal payloads (``k`` indexes it). Both are msgpack, then zstd.
+    is the list of literal payloads (``k`` indexes it). Both are msgpack, then zstd. A task with a
+    retry backoff (our extension) also has ``"retry_backoff": [initial_ms, factor, max_ms]``.
     """
     literals: list[bytes] = []
     tasks_doc = []
@@ -502,18 +538,19 @@ def encode_job(job: Job) -> tuple[bytes, bytes]:
                 literals.append(item.payload)
             else:
                 inputs_doc.append(["parent", job.index_of(item.task), item.output])
-        tasks_doc.append(
-            {
-                "name": task.name,
-                "module": task.module,
-                "function": task.function,
-                "inputs": inputs_doc,
-                "outputs": task.outputs,
-                "retries": task.retries,
-                "max_instances": task.max_instances,
-                "timeout": _timeouts_doc(task.timeout),
-            }
-        )
+        task_doc: dict[str, Any] = {
+            "name": task.name,
+            "module": task.module,
+            "function": task.function,
+            "inputs": inputs_doc,
+            "outputs": task.outputs,
+            "retries": task.retries,
+            "max_instances": task.max_instances,
+            "timeout": _timeouts_doc(task.timeout),
+        }
+        if task.backoff is not None:
+            task_doc["retry_backoff"] = task.backoff.to_document()
+        tasks_doc.append(task_doc)
     graph = {
         "version": ENCODING_VERSION,
         "name": job.name,
@@ -600,6 +637,7 @@ def decode_job(graph_bytes: bytes, inputs_bytes: bytes) -> Job:
                     raw["retries"],
                     raw["max_instances"],
                     _decode_timeouts(where, raw["timeout"]),
+                    _read_backoff(where, raw.get("retry_backoff"), RetryBackoff.from_document),
                 )
             )
         except (KeyError, IndexError, TypeError) as error:

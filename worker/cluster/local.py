@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,18 +25,23 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from worker.cluster.attempts import Attempt
 from worker.cluster.embedded import ClusterSettings, ClusterStartError, EmbeddedCluster
+from worker.cluster.failures import TaskFailure, failure_lines, task_failures, task_name
 from worker.cluster.jobs import Job, JobError, load_job_file
+from worker.cluster.preflight import PreflightError, check_or_raise
 from worker.cluster.processes import WorkerProcess
+from worker.cluster.report import ReportData, write_report
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
+from worker.cluster.task_logs import TaskLogFollower
 from worker.command_line import command_parser, invoked_prog, log_level
 from worker.examples import EXAMPLES_DIR, FIBONACCI_JOB
 from worker.logging_setup import FieldsFormatter
 from worker.security import make_non_dumpable
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 
-__all__ = ["EXIT_CODES", "LocalRun", "main", "run_local"]
+__all__ = ["EXIT_CODES", "LocalRun", "main", "run_job", "run_local"]
 
 EXIT_SUCCEEDED: Final = 0
 EXIT_JOB_FAILED: Final = 1
@@ -72,6 +78,12 @@ class LocalRun:
     wall_sec: float
     tasks_done: int
     worker_exit_codes: dict[str, int | None]
+    #: The tasks that failed for good, with their traceback tails (from the worker logs).
+    failures: list[TaskFailure] = attrs.field(factory=list)
+    #: Who ran which task when (for the run report).
+    attempts: list[Attempt] = attrs.field(factory=list)
+    #: Each task's final state by its name in the job.
+    task_states: dict[str, str] = attrs.field(factory=dict)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
         "--heartbeat-sec", type=float, default=1.0, help="workers' heartbeat interval (1.0)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this environment variable to the task executors (repeatable)",
+    )
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="do not echo the tasks' output lines"
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="HTML", help="write a self-contained HTML run report"
+    )
     return parser
 
 
@@ -113,11 +138,12 @@ def _sink_outputs(cluster: EmbeddedCluster, job_id: int) -> list[Any]:
 @contextlib.contextmanager
 def _workdir(given: Path | None) -> Iterator[Path]:
     if given is not None:
+        # Absolute: workers run with the work directory as their current directory.
+        given = given.resolve()
         given.mkdir(parents=True, exist_ok=True)
         yield given
         return
-    with tempfile.TemporaryDirectory(prefix="worker-local-") as name:
-        yield Path(name)
+    yield Path(tempfile.mkdtemp(prefix="worker-local-"))
 
 
 def run_local(
@@ -132,11 +158,15 @@ def run_local(
     heartbeat_sec: float = 1.0,
     console: Console | None = None,
     progress: bool = True,
+    inherited_env: Sequence[str] = (),
+    echo: Callable[[str, str], None] | None = None,
     log_level: str = "info",
 ) -> LocalRun:
     """Run ``job`` on an embedded cluster with ``workers`` worker processes of ``slots`` slots.
 
-    Raises :class:`ClusterStartError` when the cluster cannot start (nothing else started).
+    ``inherited_env`` names the variables the task executors get; ``echo(task, line)`` receives
+    each line the tasks print (None: not echoed). Raises :class:`ClusterStartError` when the
+    cluster cannot start (nothing else started).
     """
     console = console or Console(stderr=True)
     settings = ClusterSettings(
@@ -149,23 +179,26 @@ def run_local(
     package_dir = job.package_dir or EXAMPLES_DIR
     started = finished = time.monotonic()
     processes: list[WorkerProcess] = []
+    follower = TaskLogFollower(job, echo)
     with EmbeddedCluster(settings) as cluster:
         try:
             config = cluster.worker_config(
-                package_dir,
+                package_dir.resolve(),
                 poll_wait_ms=poll_wait_ms,
                 heartbeat_sec=heartbeat_sec,
                 log_level=log_level,
-                extra={"slots": slots},
+                extra={"slots": slots, "task_executor": {"inherited_env": list(inherited_env)}},
             )
             known = {row.id for row in cluster.storage.db.ems()}  # a reused --db has old rows
             for number in range(workers):
                 processes.append(WorkerProcess(f"worker-{number + 1}", config, workdir))
+            follower.follow(p.log_path for p in processes)
             _wait_registered(
                 cluster, processes, known, timeout_sec=min(timeout_sec, BOOT_TIMEOUT_SEC)
             )
             started = time.monotonic()
             job_id = cluster.submit(job)
+            follower.watch_job(job_id)
             state, exit_code = _follow(
                 cluster, job, job_id, processes, timeout_sec, console, progress
             )
@@ -177,6 +210,7 @@ def run_local(
                 # A second Ctrl-C during the drain lands here: kill whatever is still running.
                 for process in processes:
                     process.close()
+                follower.stop()
         wall = finished - started
         counts = cluster.storage.task_state_counts(job_id)
         return LocalRun(
@@ -189,6 +223,11 @@ def run_local(
             wall_sec=wall,
             tasks_done=counts.get("succeeded", 0),
             worker_exit_codes=worker_codes,
+            failures=task_failures(job, cluster.storage.task_rows(job_id), follower.tracebacks()),
+            attempts=cluster.storage.attempts(job_id),
+            task_states={
+                task_name(job, row.task): row.state for row in cluster.storage.task_rows(job_id)
+            },
         )
 
 
@@ -293,6 +332,89 @@ def _cluster_log(path: Path, level: str) -> Iterator[None]:
         handler.close()
 
 
+def run_job(
+    job: Job,
+    *,
+    workers: int = 2,
+    slots: int = 1,
+    timeout_sec: float = 600.0,
+    workdir: Path | None = None,
+    database: Path | None = None,
+    poll_wait_ms: int = 1000,
+    heartbeat_sec: float = 1.0,
+    inherited_env: Sequence[str] = (),
+    quiet: bool = False,
+    progress: bool = True,
+    console: Console | None = None,
+    report: Path | None = None,
+    preflight: bool = True,
+    log_level: str = "info",
+) -> LocalRun:
+    """What ``local`` does with a loaded job: preflight, run, summary (also ``worker.api``).
+
+    Raises :class:`PreflightError` before anything starts if the job cannot run (unless
+    ``preflight`` is false: the caller checked already). Task output is
+    echoed to stderr prefixed with the task's name unless ``quiet``. The work directory (worker
+    configs and logs) is a temporary one unless given; it is removed after a success and kept,
+    and named in the summary, otherwise. ``report`` is where to write the HTML run report.
+    ``log_level`` is the workers' and the cluster log's.
+    """
+    console = console or Console()
+    if preflight:
+        check_or_raise(job, job.package_dir or EXAMPLES_DIR, inherited_env)
+    stderr = Console(stderr=True)
+
+    def echo(task: str, line: str) -> None:
+        stderr.print(f"[{task}] {line}", markup=False, highlight=False, soft_wrap=True)
+
+    with _workdir(workdir) as directory, _cluster_log(directory / "cluster.log", log_level):
+        try:
+            run = run_local(
+                job,
+                workers=workers,
+                timeout_sec=timeout_sec,
+                workdir=directory,
+                database=database,
+                poll_wait_ms=poll_wait_ms,
+                heartbeat_sec=heartbeat_sec,
+                console=stderr,
+                progress=progress,
+                inherited_env=inherited_env,
+                echo=None if quiet else echo,
+                slots=slots,
+                log_level=log_level,
+            )
+        except ClusterStartError:
+            if workdir is None:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+    keep = workdir is not None or run.exit_code != EXIT_SUCCEEDED
+    _summary(run, console, job, directory if keep else None)
+    for line in failure_lines(run.failures):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if report is not None:
+        outputs = ", ".join(repr(value) for value in run.sink_outputs)
+        write_report(
+            report,
+            ReportData(
+                job,
+                run.job_id,
+                run.state.name,
+                run.wall_sec,
+                run.task_states,
+                run.attempts,
+                run.failures,
+                run.error,
+                outputs,
+                slots_per_worker=slots,
+            ),
+        )
+        console.print(f"report: {report.resolve()}", markup=False, highlight=False, soft_wrap=True)
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    return run
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point of ``python -m worker local``."""
     parser = _parser()
@@ -317,6 +439,12 @@ def main(argv: Sequence[str]) -> int:
     except JobError as error:
         print(f"local: {error}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        check_or_raise(job, job.package_dir or EXAMPLES_DIR, args.env)
+    except PreflightError as error:
+        for problem in error.problems:
+            print(f"local: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.workdir is not None:
         try:
             args.workdir.mkdir(parents=True, exist_ok=True)
@@ -330,21 +458,23 @@ def main(argv: Sequence[str]) -> int:
     # SIGTERM behaves like Ctrl-C, so the finally blocks stop every worker.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with _workdir(args.workdir) as workdir, _cluster_log(workdir / "cluster.log", level):
-            run = run_local(
-                job,
-                workers=args.workers,
-                timeout_sec=args.timeout,
-                workdir=workdir,
-                slots=args.slots,
-                database=args.db,
-                poll_wait_ms=args.poll_wait_ms,
-                heartbeat_sec=args.heartbeat_sec,
-                console=Console(stderr=True),
-                progress=not args.no_progress,
-                log_level=level,
-            )
-            _summary(run, console, job, args.workdir)
+        run = run_job(
+            job,
+            workers=args.workers,
+            slots=args.slots,
+            timeout_sec=args.timeout,
+            workdir=args.workdir,
+            database=args.db,
+            poll_wait_ms=args.poll_wait_ms,
+            heartbeat_sec=args.heartbeat_sec,
+            inherited_env=args.env,
+            quiet=args.quiet,
+            progress=not args.no_progress,
+            console=console,
+            report=args.report,
+            preflight=False,
+            log_level=level,
+        )
     except ClusterStartError as error:
         print(f"local: cannot start the cluster: {error}", file=sys.stderr)
         return EXIT_START_FAILED

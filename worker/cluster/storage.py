@@ -20,6 +20,7 @@ from typing import Final
 
 import attrs
 
+from worker.cluster.attempts import LOST, Attempt, AttemptLog
 from worker.cluster.db import Database, EmRow, JobRow, TaskRow
 from worker.cluster.jobs import (
     AuxTask,
@@ -31,6 +32,7 @@ from worker.cluster.jobs import (
     decode_job,
     encode_job,
 )
+from worker.cluster.retry_backoff import DelayedQueue
 from worker.errors import StatusCode
 from worker.executor.wire import (
     FrameDecodeError,
@@ -91,6 +93,8 @@ class TaskState(enum.Enum):
     """A task's progress inside a job."""
 
     PENDING = "pending"
+    #: Failed with a retry left, held until its retry delay passes (our extension).
+    WAITING = "waiting"
     READY = "ready"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -248,6 +252,10 @@ class StorageEngine:
         }
         self._jobs: dict[int, _Job] = {}
         self._instances: dict[int, _Instance] = {}
+        #: Tasks waiting out a retry delay: (job id, task id) by due time (our extension).
+        self._waiting: DelayedQueue[tuple[int, TaskId]] = DelayedQueue()
+        #: Who ran what when, for the run report.
+        self._attempts = AttemptLog()
         self._dead: set[int] = set()
         self._next_instance_id = 1
         self.session_id = 0
@@ -264,6 +272,8 @@ class StorageEngine:
         self.db.raise_alive_heartbeats(self._clock())
         self._jobs.clear()
         self._instances.clear()
+        self._waiting.clear()
+        self._attempts.clear()
         for lane in self._lanes.values():
             lane.clear()
         self._next_instance_id = 1
@@ -377,10 +387,16 @@ class StorageEngine:
         """
         deadline = time.monotonic() + max(0.0, wait_sec)
         with self._cond:
-            while not any(self._lanes[lane] for lane in lanes):
+            while True:
+                self._release_waiting()
+                if any(self._lanes[lane] for lane in lanes):
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return self.session_id, []
+                next_due = self._waiting.next_due()
+                if next_due is not None:
+                    remaining = max(0.001, min(remaining, next_due - self._clock()))
                 self._cond.wait(remaining)
             taken: list[ReadyTask] = []
             limit = max_items if max_items > 0 else 2**31
@@ -389,6 +405,25 @@ class StorageEngine:
                 while queue and len(taken) < limit:
                     taken.append(queue.popleft())
             return self.session_id, taken
+
+    def _release_waiting(self) -> None:
+        """Make the tasks whose retry delay passed ready again (and enqueue them)."""
+        for job_id, task_id in self._waiting.pop_due(self._clock()):
+            job = self._jobs.get(job_id)
+            task = job.lookup(task_id) if job else None
+            if job is None or task is None or job.state.terminal or task.state.terminal:
+                continue
+            if task.state is TaskState.WAITING:
+                self._make_ready(job, task)
+
+    def _retry_delay_sec(self, job: _Job, task: _Task) -> float:
+        """The delay before the retry just granted (0 without a backoff); our extension."""
+        if task.task_id.kind is not TaskKind.INDEX or task.task_id.index is None:
+            return 0.0
+        spec = job.spec.tasks[task.task_id.index]
+        if spec.backoff is None:
+            return 0.0
+        return spec.backoff.delay_ms(spec.retries - task.retries_left) / 1000
 
     def wake_pollers(self) -> None:
         """Wake every blocked :meth:`poll_ready` (used when stopping)."""
@@ -466,6 +501,7 @@ class StorageEngine:
     def _force_remove(self, instance: _Instance) -> ReadyTask | None:
         """Drop an instance; re-enqueue its task (no retry spent) if it is still running."""
         self._instances.pop(instance.id, None)
+        self._attempts.ended(instance.id, LOST, self._clock())
         job = self._jobs.get(instance.job_id)
         task = job.lookup(instance.task_id) if job else None
         if job is None or task is None:
@@ -488,11 +524,13 @@ class StorageEngine:
             stale = self.db.stale_ems(now - self.settings.execution_manager_stale_cutoff_sec)
             if stale:
                 self._mark_dead(stale)
+            self._release_waiting()
             for instance in list(self._instances.values()):
                 job = self._jobs.get(instance.job_id)
                 task = job.lookup(instance.task_id) if job else None
                 if job is None or task is None or task.state.terminal:
                     self._instances.pop(instance.id, None)
+                    self._attempts.ended(instance.id, LOST, now)
                     continue
                 if instance.em_id in self._dead:
                     self._force_remove(instance)
@@ -507,6 +545,7 @@ class StorageEngine:
             for job_id, job in list(self._jobs.items()):
                 if job.terminated_at is not None and job.terminated_at + retention <= now:
                     del self._jobs[job_id]
+                    self._attempts.forget(job_id)
 
     # --- task instances ---
 
@@ -570,6 +609,7 @@ class StorageEngine:
             )
             self._next_instance_id += 1
             self._instances[instance.id] = instance
+            self._attempts.started(instance.id, job_id, task.key, em_id, self._clock())
             task.live.add(instance.id)
             task.state = TaskState.RUNNING
             self.db.task_started(job.id, task.key)
@@ -658,6 +698,7 @@ class StorageEngine:
                 self._fail_instance(job, task, instance, mismatch)
                 raise StorageFault(StatusCode.INVALID_ARGUMENT, mismatch)
             self._instances.pop(instance.id, None)
+            self._attempts.ended(instance.id, TaskState.SUCCEEDED.value, self._clock())
             task.live.discard(instance.id)
             task.state = TaskState.SUCCEEDED
             task.outputs = outputs
@@ -717,13 +758,20 @@ class StorageEngine:
     def _fail_instance(self, job: _Job, task: _Task, instance: _Instance, error: str) -> None:
         """Remove a failed instance: retry the task if a retry is left, else fail the job."""
         self._instances.pop(instance.id, None)
+        self._attempts.ended(instance.id, TaskState.FAILED.value, self._clock())
         task.live.discard(instance.id)
         if task.retries_left > 0:
             task.retries_left -= 1
+            # With a backoff and no other live instance, the task waits out its delay.
+            delay = 0.0 if task.live else self._retry_delay_sec(job, task)
             if not task.live:
-                task.state = TaskState.READY
+                task.state = TaskState.WAITING if delay > 0 else TaskState.READY
             self.db.task_failed(job.id, task.key, task.state.value, task.retries_left, error)
-            self._enqueue(job, task)
+            if delay > 0:
+                self._waiting.push(self._clock() + delay, (job.id, task.task_id))
+                self._cond.notify_all()
+            else:
+                self._enqueue(job, task)
             return
         task.state = TaskState.FAILED
         self.db.task_failed(job.id, task.key, task.state.value, 0, error)
@@ -836,6 +884,11 @@ class StorageEngine:
         """``{task state: count}`` of a job."""
         with self._cond:
             return self.db.task_state_counts(job_id)
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        """The job's task attempts (while it is cached), in start order."""
+        with self._cond:
+            return self._attempts.of_job(job_id)
 
     def live_instances(self) -> dict[int, tuple[int, int, TaskId]]:
         """``{instance id: (em_id, job_id, task_id)}`` of every live instance."""

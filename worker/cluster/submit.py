@@ -18,10 +18,11 @@ from typing import TypeVar
 
 import grpc
 
-from worker.cluster.jobs import JobError, encode_job, load_job_file
+from worker.cluster.jobs import JobError, load_job_file
+from worker.cluster.remote import start_job
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.status import fetch_status
-from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JOB_OUTPUTS_MAX_BYTES, JobState
+from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState
 from worker.command_line import command_parser, invoked_prog, log_when_asked
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.common import common_pb2
@@ -91,29 +92,12 @@ def main(argv: Sequence[str]) -> int:
     except JobError as error:
         print(f"submit: {error}", file=sys.stderr)
         return EXIT_USAGE
-    graph, inputs = encode_job(job)
     address = f"{args.host}:{args.port}"
     with grpc.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
-        jobs = storage_pb2_grpc.JobOrchestrationServiceStub(channel)
-        groups = storage_pb2_grpc.ResourceGroupManagementServiceStub(channel)
         sessions = storage_pb2_grpc.SessionManagementServiceStub(channel)
         try:
             session = sessions.GetSession(common_pb2.Void(), timeout=10).session_id
-            group = groups.AddResourceGroup(
-                storage_pb2.AddResourceGroupRequest(
-                    external_resource_group_id=DEFAULT_RESOURCE_GROUP
-                ),
-                timeout=10,
-            ).resource_group_id
-            job_id = jobs.RegisterJob(
-                storage_pb2.RegisterJobRequest(
-                    resource_group_id=group,
-                    compressed_serialized_task_graph=graph,
-                    compressed_serialized_inputs=inputs,
-                ),
-                timeout=30,
-            ).job_id
-            jobs.StartJob(storage_pb2.JobIdRequest(job_id=job_id), timeout=10)
+            job_id = start_job(channel, job)
         except grpc.RpcError as error:
             return _rpc_failure(f"storage at {address}", error)
         print(job_id, flush=True)

@@ -1,6 +1,9 @@
 """Scripted in-process fakes of the runtime's four ports, for every test suite.
 
-Semantics are scenarios.md section 1. A typical test::
+Semantics are scenarios.md section 1.
+
+.. no-test: a fragment of a test body: a1, context and settings come from the test's setup
+A typical test::
 
     journal = Journal()
     scheduler, storage = FakeScheduler(journal), FakeStorage(journal)

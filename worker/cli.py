@@ -120,6 +120,16 @@ def _command_index(args: Sequence[str]) -> int:
     return index
 
 
+def _run(target: str, argv: list[str]) -> int:
+    """Import the command (only now: ``--help`` stays fast) and run it."""
+    from worker.logging_setup import quiet_grpc_core
+
+    # Before the command imports grpc: its C core, configured at that import, then keeps its
+    # plain-text lines (a "Got goaway" when a server restarts) off stderr and the log.
+    quiet_grpc_core()
+    return _load(target)(argv)
+
+
 def _dispatch(args: list[str], prog: str) -> int:
     parser = _parser(prog)
     if not args:
@@ -134,18 +144,15 @@ def _dispatch(args: list[str], prog: str) -> int:
         rest = args[at + 1 :]
         if top.log_level is not None:  # the command's own --log-level, if any, comes later
             rest = ["--log-level", top.log_level, *rest]
-        return _load(COMMANDS[command][0])(rest)
+        return _run(COMMANDS[command][0], rest)
     top = parser.parse_args(args)  # an unknown option or command exits 2 here
     if top.config is None:
         parser.error("give -c/--config FILE to run a worker, or a COMMAND")
-    # Before the (slow) import of the service: a stop signal from now on is kept, not fatal,
-    # and grpc's C core, configured at its import, keeps its plain-text lines off the log.
-    from worker.logging_setup import quiet_grpc_core
+    # Before the (slow) import of the service: a stop signal from now on is kept, not fatal.
     from worker.signal_latch import install_latch
 
     install_latch()
-    quiet_grpc_core()
-    return _load(WORKER_COMMAND)(args)
+    return _run(WORKER_COMMAND, args)
 
 
 def _exit_code(request: SystemExit) -> int:

@@ -43,7 +43,12 @@ def test_each_worker_gets_its_own_port_and_local_prints_it(tmp_path: Path) -> No
     lines: queue.Queue[str] = queue.Queue()
     assert local.stderr is not None
     stderr = local.stderr
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in stderr], daemon=True)
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     seen: list[str] = []
     ports: dict[str, int] = {}

@@ -148,7 +148,7 @@ def test_values_move_before_during_and_after_jobs(e2e: E2E) -> None:
     # Drain: readiness ends at the signal, while the running task still holds the worker.
     long = e2e.submit(
         JobBuilder("drained", package_dir=TASKS_DIR)
-        .task("nap", "cluster_tasks", "sleepy", [3.0, 1])
+        .task("nap", "cluster_tasks", "sleepy", [5.0, 1])  # long enough to watch the drain
         .build()
     )
     wait_for(lambda: value(scrape(port), "worker_slots_busy") == 1, 30, "the task to start")

@@ -17,12 +17,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
 from worker.command_line import add_worker_options, command_parser, invoked_prog, log_level
 from worker.config import ConfigError, WorkerConfig, load_config
-from worker.core.ports import Executor
+from worker.core.ports import Executor, LivenessClient, SchedulerClient, StorageClient
 from worker.errors import ExecutorPoolError, PoolInitError
 from worker.executor.pool import open_pool
 from worker.exit_codes import ExitCode
@@ -31,6 +32,10 @@ from worker.runtime.runtime import WorkerRuntime
 from worker.security import make_non_dumpable
 from worker.signal_latch import STOP_SIGNALS, SignalLatch, install_latch
 from worker.transport.connections import ClusterConnections, ConnectFailed
+
+if TYPE_CHECKING:  # the metrics modules load only when `metrics` is configured
+    from worker.metrics import WorkerMetrics
+    from worker.metrics.instrumented import PortInstruments
 
 __all__ = ["main", "run_worker"]
 
@@ -95,13 +100,20 @@ async def _forward_signals(
             _on_signal(signum, stop)
 
 
-async def run_worker(config: WorkerConfig, latch: SignalLatch | None = None) -> ExitCode:
+async def run_worker(
+    config: WorkerConfig,
+    latch: SignalLatch | None = None,
+    *,
+    instruments: PortInstruments | None = None,
+) -> ExitCode:
     """Run one worker with ``config`` until it stops; return its exit code.
 
     The pool and the channels belong to this function: the pool starts first, then both
     servers are connected (no RPC), then the runtime registers and serves; both are closed
     after the runtime returned. A signal before the runtime took over aborts the boot: exit 0.
     Signals recorded by ``latch`` before trio listened count as arriving at the start.
+    With ``instruments``, the runtime's ports are the instrumented ones and a stop signal
+    ends readiness before the runtime hears of it.
     """
     connections = ClusterConnections(
         storage=(config.storage.host, config.storage.port),
@@ -116,8 +128,10 @@ async def run_worker(config: WorkerConfig, latch: SignalLatch | None = None) -> 
                 # Everything nests inside `boot`; only a signal before the hand-over cancels it.
                 with trio.CancelScope() as boot:
                     stopper = _Stopper(boot)
-                    await signals.start(_forward_signals, stopper, latch)
-                    return await _serve(config, connections, stopper)
+                    await signals.start(
+                        _forward_signals, _observed_stop(stopper, instruments), latch
+                    )
+                    return await _serve(config, connections, stopper, instruments)
                 logger.info("stopped during boot: nothing was registered")
                 return ExitCode.OK
             finally:
@@ -129,7 +143,10 @@ async def run_worker(config: WorkerConfig, latch: SignalLatch | None = None) -> 
 
 
 async def _serve(
-    config: WorkerConfig, connections: ClusterConnections, stopper: _Stopper
+    config: WorkerConfig,
+    connections: ClusterConnections,
+    stopper: _Stopper,
+    instruments: PortInstruments | None = None,
 ) -> ExitCode:
     try:
         async with open_pool(config.to_pool_settings()) as pool:
@@ -160,12 +177,23 @@ async def _serve(
             # The pool stays ours rather than the runtime's: section 6.1 orders pool -> connect
             # -> register, and connecting happens here, between the two (the runtime would open
             # the pool right before registering, after the connect).
+            scheduler: SchedulerClient = connections.scheduler
+            storage: StorageClient = connections.storage
+            liveness: LivenessClient = connections.liveness
+            executor: Executor = pool
+            if instruments is not None:
+                scheduler, storage, liveness, executor = (
+                    instruments.scheduler(scheduler),
+                    instruments.storage(storage),
+                    instruments.liveness(liveness),
+                    instruments.executor(executor),
+                )
             runtime = WorkerRuntime(
                 config.to_runtime_settings(),
-                scheduler=connections.scheduler,
-                storage=connections.storage,
-                liveness=connections.liveness,
-                open_executor=lambda: _already_open(pool),
+                scheduler=scheduler,
+                storage=storage,
+                liveness=liveness,
+                open_executor=lambda: _already_open(executor),
             )
             stopper.hand_over(runtime.request_stop)
             return await runtime.run()
@@ -190,6 +218,44 @@ async def _serve(
         else:
             logger.error("executor pool failed to start: %s", error)
         return ExitCode.FATAL
+
+
+# --- Metrics (protocol.md 6.13): instrumented ports, watchdog, the tests' fault hook --------
+
+
+def _observed_stop(
+    stop: Callable[[], None], instruments: PortInstruments | None
+) -> Callable[[], None]:
+    """``stop``, telling ``instruments`` first that draining begins (readiness ends)."""
+    if instruments is None:
+        return stop
+
+    def observed() -> None:
+        instruments.draining_began()
+        stop()
+
+    return observed
+
+
+async def _run_with_metrics(
+    config: WorkerConfig,
+    latch: SignalLatch | None,
+    metrics: WorkerMetrics,
+    block_loop_sec: float | None,
+) -> ExitCode:
+    """``run_worker`` with instrumented ports, and the watchdog ticking beside it."""
+    from worker.metrics import run_watchdog
+    from worker.metrics.faults import block_loop_after_registration
+    from worker.metrics.instrumented import PortInstruments
+
+    instruments = PortInstruments(metrics)
+    async with trio.open_nursery() as beside:
+        beside.start_soon(run_watchdog, metrics.health)
+        if block_loop_sec is not None:
+            beside.start_soon(block_loop_after_registration, instruments, block_loop_sec)
+        code = await run_worker(config, latch, instruments=instruments)
+        beside.cancel_scope.cancel()
+    return code
 
 
 def main(argv: Sequence[str]) -> int:
@@ -228,16 +294,24 @@ def main(argv: Sequence[str]) -> int:
     metrics_server = None
     if config.metrics is not None:  # bound before the pool starts and before registering
         from worker.metrics import MetricsBindError, WorkerMetrics, serve_metrics
+        from worker.metrics.faults import FaultHookError, block_loop_seconds
 
         try:
-            metrics_server = serve_metrics(
-                config.metrics.host, config.metrics.port, WorkerMetrics()
-            )
+            block_loop_sec = block_loop_seconds()
+        except FaultHookError as error:
+            print(error, file=sys.stderr)
+            return ExitCode.CONFIG
+        metrics = WorkerMetrics()
+        try:
+            metrics_server = serve_metrics(config.metrics.host, config.metrics.port, metrics)
         except MetricsBindError as error:
             logger.error("boot failed: %s", error)
             return ExitCode.FATAL
     try:
-        code = trio.run(run_worker, config, latch)
+        if metrics_server is None:
+            code = trio.run(run_worker, config, latch)
+        else:
+            code = trio.run(_run_with_metrics, config, latch, metrics, block_loop_sec)
     except Exception:
         logger.critical("internal error", exc_info=True)
         return ExitCode.FATAL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,7 @@ from worker.executor.logs import (
     LineTagger,
     SplitLine,
     TaskTag,
+    utc_timestamp,
 )
 
 
@@ -148,14 +150,23 @@ def test_tagger_ignores_markers_with_another_nonce() -> None:
 def test_json_lines_sink_format() -> None:
     out = io.StringIO()
     sink = JsonLinesSink(out)
-    sink(ExecutorLogLine(2, "hé", TaskTag(7, "Index(0)", 11)))
-    sink(ExecutorLogLine(3, "idle"))
+    sink(ExecutorLogLine(2, "hé", TaskTag(7, "Index(0)", 11), read_at=1_700_000_000.5))
+    sink(ExecutorLogLine(3, "idle", read_at=1_700_000_000.0004))
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first == {
+        "ts": "2023-11-14T22:13:20.500Z",
         "executor_id": 2,
         "job_id": 7,
         "task_id": "Index(0)",
         "task_instance_id": 11,
         "line": "hé",
     }
-    assert second == {"executor_id": 3, "line": "idle"}
+    assert second == {"ts": "2023-11-14T22:13:20.000Z", "executor_id": 3, "line": "idle"}
+
+
+def test_a_line_is_stamped_when_it_is_made_by_default() -> None:
+    before = time.time()
+    line = ExecutorLogLine(1, "x")
+    assert before <= line.read_at <= time.time()
+    assert utc_timestamp(0.0) == "1970-01-01T00:00:00.000Z"
+    assert utc_timestamp(1.2345) == "1970-01-01T00:00:01.234Z"  # truncated to the millisecond

@@ -25,6 +25,7 @@ from tests.executor.conftest import (
 )
 from worker.core.decisions import failure_message
 from worker.errors import PoolBroken, PoolClosed
+from worker.executor.logs import utc_timestamp
 from worker.executor.pool import ExecutorPool, open_pool
 from worker.executor.processes import WORKER_SET_ENV, become_subreaper
 from worker.executor.settings import PoolSettings
@@ -253,6 +254,7 @@ async def test_p6_log_capture(package_dir: Path, sink: CollectingSink) -> None:
     settings = PoolSettings(package_dir=package_dir, max_log_line_bytes=8)
     with trio.fail_after(TEST_BOUND_SEC):
         async with open_pool(settings, log_sink=sink) as pool:
+            started = time.time()
             outcome = await pool.execute(
                 request("emit", b"short\n" + b"x" * 100 + b"\nnext\n", instance=31)
             )
@@ -261,6 +263,11 @@ async def test_p6_log_capture(package_dir: Path, sink: CollectingSink) -> None:
             first = [line for line in sink.lines if line.text in ("short", "next")]
             assert [line.text for line in first] == ["short", "next"]
             for line in first:
+                # Stamped when the worker read it: inside this test's window, on the wall clock.
+                assert started <= line.read_at <= time.time()
+                record = line.as_record()
+                assert record["ts"] == utc_timestamp(line.read_at)
+                assert (record["job_id"], record["task_instance_id"]) == (7, 31)
                 assert line.tag is not None
                 assert (line.tag.job_id, line.tag.task_id, line.tag.task_instance_id) == (
                     7,

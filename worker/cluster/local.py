@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import shutil
 import signal
@@ -50,6 +51,10 @@ EXIT_TIMEOUT: Final = 3
 EXIT_NO_WORKERS: Final = 4
 EXIT_START_FAILED: Final = 5
 EXIT_INTERRUPTED: Final = 130
+logger = logging.getLogger("worker.cluster.local")
+
+#: Where ``--metrics`` workers serve (each on a free port of its own).
+METRICS_HOST: Final = "127.0.0.1"
 #: How long worker processes get to start and register before the job is submitted anyway.
 BOOT_TIMEOUT_SEC: Final = 60.0
 
@@ -84,6 +89,8 @@ class LocalRun:
     attempts: list[Attempt] = attrs.field(factory=list)
     #: Each task's final state by its name in the job.
     task_states: dict[str, str] = attrs.field(factory=dict)
+    #: Each worker's metrics port on 127.0.0.1 (``metrics``; empty without).
+    metrics_ports: dict[str, int] = attrs.field(factory=dict)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "--heartbeat-sec", type=float, default=1.0, help="workers' heartbeat interval (1.0)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="each worker serves /metrics, /healthz, /readyz on its own free 127.0.0.1 port"
+        " (printed when it registered)",
+    )
     parser.add_argument(
         "--env",
         action="append",
@@ -161,12 +174,14 @@ def run_local(
     inherited_env: Sequence[str] = (),
     echo: Callable[[str, str], None] | None = None,
     log_level: str = "info",
+    metrics: bool = False,
 ) -> LocalRun:
     """Run ``job`` on an embedded cluster with ``workers`` worker processes of ``slots`` slots.
 
     ``inherited_env`` names the variables the task executors get; ``echo(task, line)`` receives
     each line the tasks print (None: not echoed). Raises :class:`ClusterStartError` when the
-    cluster cannot start (nothing else started).
+    cluster cannot start (nothing else started). With ``metrics`` each worker serves its
+    metrics endpoint on a free loopback port, printed on ``console`` once it registered.
     """
     console = console or Console(stderr=True)
     settings = ClusterSettings(
@@ -179,6 +194,7 @@ def run_local(
     package_dir = job.package_dir or EXAMPLES_DIR
     started = finished = time.monotonic()
     processes: list[WorkerProcess] = []
+    metrics_ports: dict[str, int] = {}
     follower = TaskLogFollower(job, echo)
     with EmbeddedCluster(settings) as cluster:
         try:
@@ -187,7 +203,11 @@ def run_local(
                 poll_wait_ms=poll_wait_ms,
                 heartbeat_sec=heartbeat_sec,
                 log_level=log_level,
-                extra={"slots": slots, "task_executor": {"inherited_env": list(inherited_env)}},
+                extra={
+                    "slots": slots,
+                    "task_executor": {"inherited_env": list(inherited_env)},
+                    **({"metrics": {"host": METRICS_HOST, "port": 0}} if metrics else {}),
+                },
             )
             known = {row.id for row in cluster.storage.db.ems()}  # a reused --db has old rows
             for number in range(workers):
@@ -196,6 +216,15 @@ def run_local(
             _wait_registered(
                 cluster, processes, known, timeout_sec=min(timeout_sec, BOOT_TIMEOUT_SEC)
             )
+            if metrics:
+                metrics_ports = _metrics_ports(processes)
+                for name, port in metrics_ports.items():
+                    line = f"{name} metrics: http://{METRICS_HOST}:{port}/metrics"
+                    console.print(line, markup=False, highlight=False, soft_wrap=True)
+                    logger.info(
+                        "worker metrics endpoint",
+                        extra={"fields": {"worker": name, "metrics_port": port}},
+                    )
             started = time.monotonic()
             job_id = cluster.submit(job)
             follower.watch_job(job_id)
@@ -228,7 +257,23 @@ def run_local(
             task_states={
                 task_name(job, row.task): row.state for row in cluster.storage.task_rows(job_id)
             },
+            metrics_ports=metrics_ports,
         )
+
+
+def _metrics_ports(processes: list[WorkerProcess]) -> dict[str, int]:
+    """Each worker's bound metrics port, from the INFO line it logs before registering."""
+    ports: dict[str, int] = {}
+    for process in processes:
+        for line in process.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a task's output or a traceback, not a log record
+            if isinstance(record, dict) and "metrics_port" in record:
+                ports[process.name] = int(record["metrics_port"])
+                break
+    return ports
 
 
 def _wait_registered(
@@ -349,6 +394,7 @@ def run_job(
     report: Path | None = None,
     preflight: bool = True,
     log_level: str = "info",
+    metrics: bool = False,
 ) -> LocalRun:
     """What ``local`` does with a loaded job: preflight, run, summary (also ``worker.api``).
 
@@ -357,7 +403,8 @@ def run_job(
     echoed to stderr prefixed with the task's name unless ``quiet``. The work directory (worker
     configs and logs) is a temporary one unless given; it is removed after a success and kept,
     and named in the summary, otherwise. ``report`` is where to write the HTML run report.
-    ``log_level`` is the workers' and the cluster log's.
+    ``log_level`` is the workers' and the cluster log's. ``metrics``: each worker serves its
+    metrics endpoint on its own free loopback port (printed on stderr).
     """
     console = console or Console()
     if preflight:
@@ -383,6 +430,7 @@ def run_job(
                 echo=None if quiet else echo,
                 slots=slots,
                 log_level=log_level,
+                metrics=metrics,
             )
         except ClusterStartError:
             if workdir is None:
@@ -474,6 +522,7 @@ def main(argv: Sequence[str]) -> int:
             report=args.report,
             preflight=False,
             log_level=level,
+            metrics=args.metrics,
         )
     except ClusterStartError as error:
         print(f"local: cannot start the cluster: {error}", file=sys.stderr)

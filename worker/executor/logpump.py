@@ -10,6 +10,7 @@ blocked sink never stalls the event loop. A sink that fails breaks the pool.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import trio
@@ -66,6 +67,9 @@ class LogPump:
                         data = await stream.receive_some(RECEIVE_CHUNK)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         data = b""
+                    # Lines are stamped when read: the closest the worker gets to when the
+                    # task wrote them (a full queue delays reading, not the stamp's meaning).
+                    read_at = time.time()
                     events = splitter.feed(bytes(data)) if data else splitter.finish()
                     for event in events:
                         if isinstance(event, DroppedLine):
@@ -73,7 +77,7 @@ class LogPump:
                             continue
                         text, tag = tagger.process(event.data)
                         if text is not None:
-                            await send.send(ExecutorLogLine(proc.executor_id, text, tag))
+                            await send.send(ExecutorLogLine(proc.executor_id, text, tag, read_at))
                     if not data:
                         return
         finally:

@@ -9,8 +9,10 @@ one writer that owns the sink (executor.md §7).
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
+import time
 from typing import IO, Protocol
 
 import attrs
@@ -24,7 +26,15 @@ __all__ = [
     "LogSink",
     "SplitLine",
     "TaskTag",
+    "utc_timestamp",
 ]
+
+
+def utc_timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``...T12:00:00.123Z``),
+    the format of the worker's own JSON log, so both logs sort and join on one clock."""
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @attrs.frozen(slots=True)
@@ -46,15 +56,20 @@ class TaskTag:
 
 @attrs.frozen(slots=True)
 class ExecutorLogLine:
-    """One forwarded line of executor output: its executor, text, and task tag (if any)."""
+    """One forwarded line of executor output: its executor, text, task tag (if any), and when
+    the worker read it (seconds since the epoch; the executor writes no time of its own)."""
 
     executor_id: int
     text: str
     tag: TaskTag | None = None
+    read_at: float = attrs.field(factory=time.time)
 
     def as_record(self) -> dict[str, object]:
         """The line as a JSON-ready mapping (what ``JsonLinesSink`` writes)."""
-        record: dict[str, object] = {"executor_id": self.executor_id}
+        record: dict[str, object] = {
+            "ts": utc_timestamp(self.read_at),
+            "executor_id": self.executor_id,
+        }
         if self.tag is not None:
             record.update(self.tag.as_fields())
         record["line"] = self.text
@@ -230,8 +245,8 @@ class LogSink(Protocol):
 class JsonLinesSink:
     """The default sink: one JSON object per line on the worker's stdout (its own log is stderr).
 
-    Fields: ``executor_id``, then ``job_id``, ``task_id``, ``task_instance_id`` when tagged, and
-    ``line``.
+    Fields: ``ts`` (when the worker read the line, ISO 8601 UTC with milliseconds),
+    ``executor_id``, then ``job_id``, ``task_id``, ``task_instance_id`` when tagged, and ``line``.
     """
 
     def __init__(self, stream: IO[str] | None = None) -> None:

@@ -41,6 +41,7 @@ from worker.model import (
 
 __all__ = [
     "ERROR_MESSAGE_CAP_BYTES",
+    "POOL_BROKEN_CAUSES",
     "TRUNCATION_SUFFIX",
     "HeartbeatVerdict",
     "RegisterVerdict",
@@ -254,6 +255,10 @@ _EXIT_FOR_CAUSE: dict[StopCause, ExitCode] = {
     StopCause.EVICTED: ExitCode.EVICTED,
     StopCause.FATAL: ExitCode.FATAL,
 }
+
+
+#: The causes a broken executor pool adds, whatever else happened (protocol.md section 6.11).
+POOL_BROKEN_CAUSES: frozenset[StopCause] = frozenset({StopCause.FATAL})
 
 
 def exit_code_for(causes: set[StopCause] | frozenset[StopCause]) -> ExitCode:

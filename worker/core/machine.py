@@ -1,9 +1,11 @@
 """The worker's state machine: THE transition table, declared once as data.
 
-The runtime moves only through :class:`WorkerMachine`, which builds a sync
-``transitions.Machine`` from :data:`TRANSITIONS` with ``auto_transitions=False``, so no move can
-bypass the table: an undeclared move raises :class:`IllegalTransition` at once (it is a bug).
-The statecharts in ``statecharts/`` and the property tests read the same table.
+Each slot of the worker core (:mod:`worker.core.worker_state`) moves only through its own
+:class:`WorkerMachine`, which builds a sync ``transitions.Machine`` from :data:`TRANSITIONS` with
+``auto_transitions=False``, so no move can bypass the table: an undeclared move raises
+:class:`IllegalTransition` at once (it is a bug). Every slot has its own copy of the machine and
+all copies read this one table (protocol.md section 6.12); so do the statecharts in
+``statecharts/`` and the property tests.
 
 States and their meaning are protocol.md section 6.4; the names are normative.
 """
@@ -117,7 +119,9 @@ class WorkerMachine:
         *,
         story: StoryLog | None = None,
         clock: Callable[[], float] | None = None,
+        slot: int = 0,
     ) -> None:
+        self._slot = slot
         self._story = story
         self._clock = clock
         self._model = _Model()
@@ -156,7 +160,7 @@ class WorkerMachine:
     ) -> State:
         """Take the declared move for ``trigger``; raise :class:`IllegalTransition` if none.
 
-        Logs one structured line (from, to, trigger, assignment, session) and, when an
+        Logs one structured DEBUG line (slot, from, to, trigger, assignment, session) and, when an
         assignment is named and a story log is attached, appends the move to its story.
         """
         source = self.state
@@ -168,14 +172,15 @@ class WorkerMachine:
             ) from error
         dest = self.state
         key: AssignmentKey | None = assignment.key if assignment is not None else None
-        if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
-            logger.info(
+        if logger.isEnabledFor(logging.DEBUG):  # a hot path: build the fields only when logged
+            logger.debug(
                 "transition %s -> %s on %s",
                 source.value,
                 dest.value,
                 trigger.value,
                 extra={
                     "fields": {
+                        "slot": self._slot,
                         "from": source.value,
                         "to": dest.value,
                         "trigger": trigger.value,

@@ -20,7 +20,7 @@ No trio anywhere.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 from hypothesis import settings
@@ -158,6 +158,15 @@ def _context(n: int) -> ExecutionContext:
     )
 
 
+def _recorder(
+    moves: list[tuple[State, State, Trigger]],
+) -> Callable[[State, State, Trigger], None]:
+    def record(source: State, dest: State, trigger: Trigger) -> None:
+        moves.append((source, dest, trigger))
+
+    return record
+
+
 class CoreDriver(RuleBasedStateMachine):
     """Plays the shell around a real :class:`WorkerCore` and checks every action it returns."""
 
@@ -184,9 +193,7 @@ class CoreDriver(RuleBasedStateMachine):
         self.now = 0.0
         self.moves: list[list[tuple[State, State, Trigger]]] = [[] for _ in range(slots)]
         for index in range(slots):
-            self.core.machine(index).add_hook(
-                lambda s, d, t, index=index: self.moves[index].append((s, d, t))
-            )
+            self.core.machine(index).add_hook(_recorder(self.moves[index]))
         # What the shell has outstanding.
         self.calls: dict[int, SendNextTask | RegisterTask | Execute | Sleep] = {}
         self.cancel_asked: set[int] = set()

@@ -506,8 +506,8 @@ def _check(run: Run) -> None:
             assert shutdown.time <= deadline + EPS, "H11: the drain ran past its deadline"
         if run.forced or deadline_fired:
             causes.append(ExitCode.FORCED)
-        expected = next(code for code in _PRECEDENCE if code in causes)
-        assert run.exit_code is expected, (run.exit_code, causes)
+        wins = next(code for code in _PRECEDENCE if code in causes)
+        assert run.exit_code is wins, (run.exit_code, causes)
 
     # H12: NextTask backoff after errors and malformed replies.
     streak = 0

@@ -13,10 +13,12 @@ from typing import Protocol
 import attrs
 
 from worker.core.decisions import StopCause
+from worker.core.lifecycle import AssignmentEvent, AssignmentState
 from worker.core.machine import State, Trigger
 from worker.core.story import AssignmentKey, StoryEntry
 
 __all__ = [
+    "AssignmentMoved",
     "DrainingBegan",
     "HeartbeatLoopStopped",
     "Notice",
@@ -35,6 +37,16 @@ class SlotMoved:
     source: State
     dest: State
     trigger: Trigger
+
+
+@attrs.frozen(slots=True)
+class AssignmentMoved:
+    """Assignment ``key`` moved from ``source`` to ``dest`` on ``event`` (its lifecycle)."""
+
+    key: AssignmentKey
+    event: AssignmentEvent
+    source: AssignmentState
+    dest: AssignmentState
 
 
 @attrs.frozen(slots=True)
@@ -69,7 +81,9 @@ class HeartbeatLoopStopped:
     evicted: bool
 
 
-Notice = SlotMoved | StoryNoted | RecordsChanged | DrainingBegan | HeartbeatLoopStopped
+Notice = (
+    SlotMoved | AssignmentMoved | StoryNoted | RecordsChanged | DrainingBegan | HeartbeatLoopStopped
+)
 
 
 class WorkerObserver(Protocol):

@@ -81,8 +81,10 @@ from worker.core.events import (
     WorkerRegistrationFailed,
 )
 from worker.core.ledger import AckLedger
+from worker.core.lifecycle import AssignmentEvent, AssignmentLifecycles, AssignmentState
 from worker.core.machine import State, Trigger, WorkerMachine
 from worker.core.observer import (
+    AssignmentMoved,
     DrainingBegan,
     HeartbeatLoopStopped,
     Notice,
@@ -203,6 +205,7 @@ class WorkerCore:
         for slot in self._slots:
             slot.machine.add_hook(self._slot_hook(slot.index))
         self._ledger = AckLedger()
+        self._lifecycles = AssignmentLifecycles(self._on_assignment_moved if observe else None)
         self._tracker: SessionTracker | None = None
         self._em_id: ExecutionManagerId | None = None
         self._phase = Phase.BOOT
@@ -243,6 +246,10 @@ class WorkerCore:
     def holds(self, slot: int) -> SchedulerAssignment | None:
         """The assignment ``slot`` holds (``None``: idle); a held slot is busy (6.12)."""
         return self._slots[slot].assignment
+
+    def assignment_state(self, key: AssignmentKey) -> AssignmentState | None:
+        """Where assignment ``key`` stands in its lifecycle (``None``: final, or unknown)."""
+        return self._lifecycles.state(key)
 
     @property
     def ledger(self) -> AckLedger:
@@ -384,13 +391,18 @@ class WorkerCore:
 
     def _on_poll_answered(self, event: PollAnswered) -> None:
         slot = self._end_call(event.slot, _Call.POLL)
-        self._ledger.carrier_completed(slot.carried)  # the call completed: its record is acked
+        self._acknowledge(slot.carried)  # the call completed: its record is delivered
         slot.carried = None
         reply = event.assignment
         if self._late():
             return
+        if reply is not None:
+            self._lifecycles.arrive(reply.key)
         if self.draining:
             if reply is not None:
+                self._lifecycles.move(
+                    reply.key, AssignmentEvent.ARRIVED_DRAINING, AssignmentState.NEVER_ACKED
+                )
                 self._note(reply.key, "received", "after the stop: neither registered nor recorded")
                 logger.info(
                     "assignment arrived while draining: neither registered nor recorded",
@@ -413,7 +425,7 @@ class WorkerCore:
     def _on_poll_failed(self, event: PollFailed) -> None:
         slot = self._end_call(event.slot, _Call.POLL)
         if isinstance(event.error, ProtocolError):
-            self._ledger.carrier_completed(slot.carried)  # completed: the ack was delivered
+            self._acknowledge(slot.carried)  # completed: the ack was delivered
         else:
             self._ledger.carrier_failed(slot.carried)  # the record stays pending (P1)
         slot.carried = None
@@ -439,6 +451,7 @@ class WorkerCore:
         gate = session_gate(session, self._tracker.current)
         if gate is SessionGate.STALE:
             self._ledger.record(assignment.record)
+            self._lifecycles.move(key, AssignmentEvent.STALE_SESSION, AssignmentState.DROPPED_STALE)
             logger.info(
                 "stale assignment dropped without a storage call",
                 extra={"fields": {"assignment": key_text(key), "session": session}},
@@ -450,6 +463,7 @@ class WorkerCore:
             self._emit(RefreshSession())
         slot.assignment = assignment
         slot.register_backoff = Backoff(self._policy, self._rng)
+        self._lifecycles.move(key, AssignmentEvent.ACCEPTED, AssignmentState.REGISTERING)
         slot.machine.fire(Trigger.ASSIGNMENT, assignment=assignment, session=session)
         self._register(slot)
 
@@ -485,10 +499,12 @@ class WorkerCore:
             # The stop came while the call was in flight, but its reply was already on its
             # way back: it counts as cancelled, whatever storage answered (no record).
             self._note(key, "reply discarded: stop during registration", "no record")
+            self._lifecycles.move(key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED)
             self._release(slot)
             self._maybe_stop_loops()
             return
         self._note(key, f"register: {verdict.reason}", error_text)
+        self._lifecycles.move(key, *_registration_move(verdict))
         if verdict.record:
             self._ledger.record(assignment.record)
         if verdict.refresh:
@@ -546,12 +562,18 @@ class WorkerCore:
         assert self._tracker is not None
         if self._late() or self.draining:
             self._note(assignment.key, "registration abandoned by the stop", "no record")
+            self._lifecycles.move(
+                assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
+            )
             self._release(slot)
             self._maybe_stop_loops()
             return
         if self._tracker.is_stale(assignment.session_id):
             self._ledger.record(assignment.record)
             self._note(assignment.key, "dropped as stale between retries", "")
+            self._lifecycles.move(
+                assignment.key, AssignmentEvent.STALE, AssignmentState.DROPPED_STALE
+            )
             self._release(slot)
             slot.machine.fire(
                 Trigger.REGISTRATION_DROPPED, assignment=assignment, session=assignment.session_id
@@ -568,6 +590,7 @@ class WorkerCore:
         task = assignment.assignment
         slot.context = context
         slot.call = _Call.EXECUTE
+        self._lifecycles.move(assignment.key, AssignmentEvent.EXECUTE, AssignmentState.EXECUTING)
         slot.started_at = self._now
         logger.info(
             "task started",
@@ -625,17 +648,20 @@ class WorkerCore:
                 },
             )
             self._note(key, "outcome dropped", "stopping at once")
+            self._lifecycles.move(key, AssignmentEvent.KILLED, AssignmentState.ABANDONED)
         elif not is_reportable(session, self._tracker.current):
             logger.info(
                 "outcome dropped: session advanced",
                 extra={"fields": {"assignment": key_text(key), "session": session}},
             )
             self._note(key, "outcome dropped", "session advanced")
+            self._lifecycles.move(key, AssignmentEvent.OUTCOME_STALE, AssignmentState.DROPPED_STALE)
         else:
             report = report_for(
                 outcome, assignment, context, self._em_id, self._settings.max_send_bytes
             )
             self._reports[key] = self._reports.get(key, 0) + 1
+            self._lifecycles.move(key, AssignmentEvent.OUTCOME, AssignmentState.OUTCOME_REPORTED)
             self._emit(StartReport(key, report))
         self._release(slot)
         if self.draining:
@@ -650,6 +676,10 @@ class WorkerCore:
             "task lost: executor pool failed", extra={"fields": self._task_fields(slot, "lost")}
         )
         self._fail(f"executor pool failed: {event.error}")
+        assert slot.assignment is not None
+        self._lifecycles.move(
+            slot.assignment.key, AssignmentEvent.POOL_BROKEN, AssignmentState.ABANDONED
+        )
         self._release(slot)
         self._maybe_stop_loops()
 
@@ -665,10 +695,16 @@ class WorkerCore:
         elif call is _Call.REGISTER:
             assert assignment is not None
             self._note(assignment.key, "registration cancelled", "no record")
+            self._lifecycles.move(
+                assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
+            )
             self._release(slot)
         elif call is _Call.REGISTER_BACKOFF:
             assert assignment is not None
             self._note(assignment.key, "registration abandoned by the stop", "no record")
+            self._lifecycles.move(
+                assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
+            )
             self._release(slot)
         elif call is _Call.EXECUTE:
             assert assignment is not None
@@ -676,6 +712,7 @@ class WorkerCore:
                 "task killed without a report", extra={"fields": self._task_fields(slot, "killed")}
             )
             self._note(assignment.key, "killed", "no report")
+            self._lifecycles.move(assignment.key, AssignmentEvent.KILLED, AssignmentState.ABANDONED)
             self._release(slot)
         if not self.draining:
             # Nobody asked for this cancellation: the shell is being torn down from outside.
@@ -758,6 +795,12 @@ class WorkerCore:
                 )
             if slot.call in _INTERRUPTIBLE:
                 self._emit(CancelCall(slot.index))
+            elif slot.call is _Call.EXECUTE and cause is not StopCause.EVICTED:
+                assert slot.assignment is not None  # the task keeps running (a forced stop
+                # kills it right after this)
+                self._lifecycles.move(
+                    slot.assignment.key, AssignmentEvent.DRAIN, AssignmentState.EXECUTING
+                )
         if self._notices is not None:
             self._notices.append(DrainingBegan(cause))
         if self._phase is Phase.REGISTERING:
@@ -794,6 +837,8 @@ class WorkerCore:
         assert self._em_id is not None
         self._phase = Phase.SHUTTING_DOWN
         self._shutdown_records = self._ledger.shutdown_batch()
+        for record in self._shutdown_records:
+            self._lifecycles.acknowledge((record.from_scheduler_id, record.id))
         self._shutdown_deadline = self._now + budget_sec
         self._emit(
             SendShutdown(self._em_id, self._shutdown_records, self._now, self._shutdown_deadline)
@@ -862,6 +907,21 @@ class WorkerCore:
     def _emit(self, action: Action) -> None:
         self._out.append(action)
 
+    def _acknowledge(self, carried: TaskAssignmentRecord | None) -> None:
+        if carried is not None:
+            self._ledger.carrier_completed(carried)
+            self._lifecycles.acknowledge((carried.from_scheduler_id, carried.id))
+
+    def _on_assignment_moved(
+        self,
+        key: AssignmentKey,
+        event: AssignmentEvent,
+        source: AssignmentState,
+        dest: AssignmentState,
+    ) -> None:
+        if self._notices is not None:
+            self._notices.append(AssignmentMoved(key, event, source, dest))
+
     def _end_call(self, index: int, expected: _Call) -> _Slot:
         slot = self._slots[index]
         assert slot.call is expected, f"slot {index}: {expected.value} ended, had {slot.call}"
@@ -896,6 +956,19 @@ class WorkerCore:
         return [slot.machine.state.value for slot in self._slots]
 
     _HANDLERS: Final[dict[type, Callable[[WorkerCore, Any], None]]] = {}  # filled below
+
+
+def _registration_move(verdict: RegisterVerdict) -> tuple[AssignmentEvent, AssignmentState]:
+    """The assignment move a registration verdict makes."""
+    if verdict.fatal:
+        if verdict.record:  # storage created an instance: consumed, yet no task will run
+            return (AssignmentEvent.MALFORMED_CONTEXT, AssignmentState.ABANDONED)
+        return (AssignmentEvent.INVALID_ARGUMENT, AssignmentState.NEVER_ACKED)
+    if verdict.execute:
+        return (AssignmentEvent.REGISTERED, AssignmentState.REGISTERED)
+    if verdict.retry:
+        return (AssignmentEvent.TRANSIENT_ERROR, AssignmentState.REGISTERING)
+    return (AssignmentEvent.STALE, AssignmentState.DROPPED_STALE)
 
 
 def _result(outcome: Outcome) -> str:

@@ -15,6 +15,7 @@ import attrs
 from worker.core.decisions import StopCause
 from worker.core.lifecycle import AssignmentEvent, AssignmentState
 from worker.core.machine import State, Trigger
+from worker.core.phases import Phase, PhaseTrigger
 from worker.core.story import AssignmentKey, StoryEntry
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "DrainingBegan",
     "HeartbeatLoopStopped",
     "Notice",
+    "PhaseChanged",
     "RecordsChanged",
     "SlotMoved",
     "StoryNoted",
@@ -66,6 +68,15 @@ class RecordsChanged:
 
 
 @attrs.frozen(slots=True)
+class PhaseChanged:
+    """The worker as a whole moved from ``source`` to ``dest`` on ``trigger``."""
+
+    source: Phase
+    dest: Phase
+    trigger: PhaseTrigger
+
+
+@attrs.frozen(slots=True)
 class DrainingBegan:
     """The first stop cause occurred: no slot polls again."""
 
@@ -82,7 +93,13 @@ class HeartbeatLoopStopped:
 
 
 Notice = (
-    SlotMoved | AssignmentMoved | StoryNoted | RecordsChanged | DrainingBegan | HeartbeatLoopStopped
+    SlotMoved
+    | AssignmentMoved
+    | StoryNoted
+    | RecordsChanged
+    | PhaseChanged
+    | DrainingBegan
+    | HeartbeatLoopStopped
 )
 
 

@@ -88,10 +88,12 @@ from worker.core.observer import (
     DrainingBegan,
     HeartbeatLoopStopped,
     Notice,
+    PhaseChanged,
     RecordsChanged,
     SlotMoved,
     StoryNoted,
 )
+from worker.core.phases import Phase, PhaseTrigger, phase_after
 from worker.core.session import SessionTracker
 from worker.core.settings import RuntimeSettings
 from worker.core.story import AssignmentKey, StoryEntry, StoryLog, key_text
@@ -109,7 +111,7 @@ from worker.model import (
     Timeout,
 )
 
-__all__ = ["HEARTBEAT_LOOPS", "OUTER_CANCEL_SHUTDOWN_BUDGET_SEC", "Phase", "WorkerCore"]
+__all__ = ["HEARTBEAT_LOOPS", "OUTER_CANCEL_SHUTDOWN_BUDGET_SEC", "WorkerCore"]
 
 logger = logging.getLogger("worker.core")
 
@@ -127,18 +129,6 @@ _TRIGGER_FOR_CAUSE: Final = {
     StopCause.FATAL: Trigger.FAIL,
 }
 _KILLING_CAUSES: Final = frozenset({StopCause.FORCED, StopCause.EVICTED})
-
-
-class Phase(enum.Enum):
-    """Where the worker as a whole stands (boot, serve, goodbye); slots have their own states."""
-
-    BOOT = "Boot"  # the pool is opening
-    REGISTERING = "RegisteringWorker"  # RegisterExecutionManager in flight
-    STARTING = "StartingLoops"  # registered; waiting for both loops' first heartbeats
-    SERVING = "Serving"  # slots poll (or drain, once a stop cause occurred)
-    STOPPING_LOOPS = "StoppingLoops"  # drained: both heartbeat loops are being stopped
-    SHUTTING_DOWN = "ShuttingDown"  # Shutdown in flight or in retry backoff
-    EXITED = "Exited"  # the exit code is known
 
 
 class _Call(enum.Enum):
@@ -319,7 +309,7 @@ class WorkerCore:
         if self.draining:
             self._exit_without_shutdown("boot aborted")
             return
-        self._phase = Phase.REGISTERING
+        self._enter(PhaseTrigger.BOOTED, Phase.REGISTERING)
         self._emit(RegisterWorker(self._settings.ip_address))
 
     def _on_worker_registered(self, event: WorkerRegistered) -> None:
@@ -336,7 +326,7 @@ class WorkerCore:
         )
         self._em_id = registration.execution_manager_id
         self._tracker = SessionTracker(registration.session_id)
-        self._phase = Phase.STARTING
+        self._enter(PhaseTrigger.REGISTERED, Phase.STARTING)
         self._emit(StartHeartbeats(registration.execution_manager_id))
 
     def _on_worker_registration_failed(self, event: WorkerRegistrationFailed) -> None:
@@ -352,10 +342,11 @@ class WorkerCore:
     def _on_heartbeats_started(self, _event: HeartbeatsStarted) -> None:
         if self._phase is not Phase.STARTING:
             return
-        self._phase = Phase.SERVING
         if self.draining:
+            self._enter(PhaseTrigger.LOOPS_STARTED, Phase.DRAINING)
             self._maybe_stop_loops()
             return
+        self._enter(PhaseTrigger.LOOPS_STARTED, Phase.SERVING)
         for slot in self._slots:
             self._next_step(slot)
 
@@ -752,7 +743,7 @@ class WorkerCore:
         self._stop_at_once(StopCause.FORCED)
 
     def _on_drain_deadline(self, _event: DrainDeadlinePassed) -> None:
-        if self._phase is not Phase.SERVING or StopCause.FORCED in self._causes:
+        if self._phase is not Phase.DRAINING or StopCause.FORCED in self._causes:
             return
         logger.error("drain deadline passed: forced stop")
         self._stop_at_once(StopCause.FORCED)
@@ -805,17 +796,19 @@ class WorkerCore:
             self._notices.append(DrainingBegan(cause))
         if self._phase is Phase.REGISTERING:
             self._emit(CancelRegistration())
+        elif self._phase is Phase.SERVING:
+            self._enter(PhaseTrigger.STOP_CAUSE, Phase.DRAINING)
         self._emit(ArmDrainDeadline(self._now + self._settings.drain_timeout_sec))
 
     # --- drain end, heartbeat loops and Shutdown -----------------------------------------------
 
     def _maybe_stop_loops(self) -> None:
         """Drained (no slot call, no report left): stop both heartbeat loops, then Shutdown."""
-        if self._phase is not Phase.SERVING or not self.draining:
+        if self._phase is not Phase.DRAINING:
             return
         if any(slot.call is not None for slot in self._slots) or self._reports:
             return
-        self._phase = Phase.STOPPING_LOOPS
+        self._enter(PhaseTrigger.DRAINED, Phase.STOPPING_LOOPS)
         self._emit(StopHeartbeats())
         self._maybe_shut_down()
 
@@ -831,11 +824,11 @@ class WorkerCore:
     def _maybe_shut_down(self) -> None:
         if self._phase is not Phase.STOPPING_LOOPS or self._loops_ended != HEARTBEAT_LOOPS:
             return
-        self._send_shutdown(self._settings.shutdown_rpc_budget_sec)
+        self._send_shutdown(PhaseTrigger.LOOPS_ENDED, self._settings.shutdown_rpc_budget_sec)
 
-    def _send_shutdown(self, budget_sec: float) -> None:
+    def _send_shutdown(self, trigger: PhaseTrigger, budget_sec: float) -> None:
         assert self._em_id is not None
-        self._phase = Phase.SHUTTING_DOWN
+        self._enter(trigger, Phase.SHUTTING_DOWN)
         self._shutdown_records = self._ledger.shutdown_batch()
         for record in self._shutdown_records:
             self._lifecycles.acknowledge((record.from_scheduler_id, record.id))
@@ -874,9 +867,9 @@ class WorkerCore:
 
     def _on_shell_cancelled(self, _event: ShellCancelled) -> None:
         self._torn_down = True
-        if self._phase in (Phase.STARTING, Phase.SERVING, Phase.STOPPING_LOOPS):
+        if self._phase in (Phase.STARTING, Phase.SERVING, Phase.DRAINING, Phase.STOPPING_LOOPS):
             # Outer cancellation (or a bug): a shielded, bounded goodbye with pending acks.
-            self._send_shutdown(OUTER_CANCEL_SHUTDOWN_BUDGET_SEC)
+            self._send_shutdown(PhaseTrigger.OUTER_CANCEL, OUTER_CANCEL_SHUTDOWN_BUDGET_SEC)
 
     def _exit_after_shutdown(self) -> None:
         if self._phase is Phase.EXITED:
@@ -884,7 +877,7 @@ class WorkerCore:
         for slot in self._slots:
             if slot.machine.state is State.DRAINING:
                 slot.machine.fire(Trigger.SHUTDOWN)
-        self._exit()
+        self._exit(PhaseTrigger.SHUTDOWN_DONE)
 
     def _exit_without_shutdown(self, reason: str) -> None:
         trigger = Trigger.FAIL if StopCause.FATAL in self._causes else Trigger.STOP
@@ -893,16 +886,32 @@ class WorkerCore:
                 slot.machine.fire(trigger)
             slot.machine.fire(Trigger.SHUTDOWN)
         logger.info(f"{reason}: no Shutdown (registration did not complete)")
-        self._exit()
+        if self._phase is Phase.BOOT:
+            self._exit(PhaseTrigger.STOPPED_BEFORE_BOOT)
+        else:
+            self._exit(PhaseTrigger.BOOT_FAILED)
 
-    def _exit(self) -> None:
-        self._phase = Phase.EXITED
+    def _exit(self, trigger: PhaseTrigger) -> None:
+        self._enter(trigger, Phase.EXITED)
         code = exit_code_for(self._causes)
         self._exit_code = code
         logger.info("stopped", extra={"fields": {"exit_code": int(code)}})
         self._emit(Exit(code))
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _enter(self, trigger: PhaseTrigger, phase: Phase) -> None:
+        source = self._phase
+        self._phase = phase_after(source, trigger, phase)
+        logger.debug(
+            "worker %s -> %s on %s",
+            source.value,
+            phase.value,
+            trigger.value,
+            extra={"fields": {"from": source.value, "to": phase.value, "trigger": trigger.value}},
+        )
+        if self._notices is not None:
+            self._notices.append(PhaseChanged(source, phase, trigger))
 
     def _emit(self, action: Action) -> None:
         self._out.append(action)

@@ -12,9 +12,23 @@ import trio
 import trio.testing
 
 from tests.runtime.harness import BOUNDED_WAIT, A, Harness, ctx, frame, rec
+from worker.core.lifecycle import AssignmentState
+from worker.core.machine import State
+from worker.core.observer import (
+    AssignmentMoved,
+    DrainingBegan,
+    HeartbeatLoopStopped,
+    Notice,
+    PhaseChanged,
+    RecordsChanged,
+    SlotMoved,
+    StoryNoted,
+)
+from worker.core.phases import Phase as WorkerPhase
 from worker.errors import StatusCode
 from worker.exit_codes import ExitCode
 from worker.model import ExecutionRequest, Outcome, Success, TaskAssignmentRecord, TaskId
+from worker.runtime import WorkerRuntime
 from worker.testing import Always, Assign, Block, Error, Hang, Hold, NoTask, Phase
 
 #: protocol.md section 6.11, written out: the code each combination of causes must give.
@@ -269,3 +283,52 @@ async def test_n_slots_poll_at_once_and_run_tasks_at_once(
         assert all(c.started >= failed.ended + low for c in later)
         assert await h.stop_and_finish() is ExitCode.OK
     h.check_teardown()
+
+
+class _Recorder:
+    """A :class:`~worker.core.observer.WorkerObserver` that keeps every notice."""
+
+    def __init__(self) -> None:
+        self.notices: list[Notice] = []
+
+    def notice(self, notice: Notice) -> None:
+        self.notices.append(notice)
+
+
+async def test_the_observer_sees_slots_phases_assignments_records_drain_and_loops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    h = Harness()
+    recorder = _Recorder()
+    h.runtime = WorkerRuntime(
+        h.settings,
+        scheduler=h.scheduler,
+        storage=h.storage,
+        liveness=h.liveness,
+        open_executor=h.pool,
+        observer=recorder,
+    )
+    a1 = A(1)
+    h.scheduler.push(Assign(a1), NoTask)  # the poll carrying rec(a1) returns OK
+    h.storage.push_register(ctx("fibonacci", 10))
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        await h.storage.wait_for_reports(1, BOUNDED_WAIT)
+        await h.until(lambda: len(h.scheduler.calls) == 3)
+        assert await h.stop_and_finish() is ExitCode.OK
+    kinds = {type(n) for n in recorder.notices}
+    assert {SlotMoved, PhaseChanged, AssignmentMoved, RecordsChanged, DrainingBegan} <= kinds
+    assert StoryNoted in kinds
+    moves = [(n.source, n.dest) for n in recorder.notices if isinstance(n, SlotMoved)]
+    assert moves[0] == (State.IDLE, State.AWAITING)
+    assert moves[-1] == (State.DRAINING, State.STOPPED)
+    lifecycle = [n.dest for n in recorder.notices if isinstance(n, AssignmentMoved)]
+    assert lifecycle[-1] is AssignmentState.ACKNOWLEDGED
+    loops = [n for n in recorder.notices if isinstance(n, HeartbeatLoopStopped)]
+    assert sorted(n.loop for n in loops) == ["scheduler", "storage"]
+    assert all(n.stopping and not n.evicted for n in loops)
+    records = [n for n in recorder.notices if isinstance(n, RecordsChanged)]
+    assert records[-1].pending == 0
+    assert records[-1].acknowledged >= 1
+    phases = [n.dest for n in recorder.notices if isinstance(n, PhaseChanged)]
+    assert phases[-1] is WorkerPhase.EXITED

@@ -583,18 +583,19 @@ class WorkerCore:
         slot.call = _Call.EXECUTE
         self._lifecycles.move(assignment.key, AssignmentEvent.EXECUTE, AssignmentState.EXECUTING)
         slot.started_at = self._now
-        logger.info(
-            "task started",
-            extra={
-                "fields": {
-                    "task": f"{context.tdl_context.package}.{context.tdl_context.task_func}",
-                    "job_id": task.job_id,
-                    "task_id": str(task.task_id),
-                    "task_instance_id": context.task_instance_id,
-                    "slot": slot.index,
-                }
-            },
-        )
+        if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
+            logger.info(
+                "task started",
+                extra={
+                    "fields": {
+                        "task": f"{context.tdl_context.package}.{context.tdl_context.task_func}",
+                        "job_id": task.job_id,
+                        "task_id": str(task.task_id),
+                        "task_instance_id": context.task_instance_id,
+                        "slot": slot.index,
+                    }
+                },
+            )
         self._emit(
             Execute(slot.index, assignment.key, ExecutionRequest.for_assignment(task, context))
         )
@@ -624,7 +625,9 @@ class WorkerCore:
         key = assignment.key
         session = assignment.session_id
         outcome = event.outcome
-        logger.info("task finished", extra={"fields": self._task_fields(slot, _result(outcome))})
+        if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
+            fields = self._task_fields(slot, _result(outcome))
+            logger.info("task finished", extra={"fields": fields})
         self._note(key, "outcome", type(outcome).__name__)
         if self._causes & _KILLING_CAUSES or self._late():
             # The outcome was on its way back as a stop that kills at once came: that stop sends

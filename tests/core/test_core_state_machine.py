@@ -20,7 +20,9 @@ No trio anywhere.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -138,6 +140,9 @@ _LEAVES_TO = {
 }
 _HOLDING_STATES = {State.REGISTERING, State.EXECUTING}
 EM = ExecutionManagerId(11)
+# Stops end an example, so signals and evictions come only after a drawn number of events: most
+# examples get several assignments through N slots before they drain.
+_STOP_AFTER = st.sampled_from([40, 20, 60, 90, 10, 0])
 
 
 def _expected_exit_code(causes: Iterable[str]) -> int:
@@ -174,11 +179,19 @@ class CoreDriver(RuleBasedStateMachine):
         slots=st.integers(min_value=1, max_value=4),
         seed_session=st.integers(min_value=1, max_value=5),
         poll_wait_ms=st.sampled_from([0, 1000]),
-        stop_before_boot=st.booleans(),
+        stop_before_boot=st.sampled_from([False] * 7 + [True]),
+        stop_after=_STOP_AFTER,
     )
     def boot(
-        self, slots: int, seed_session: int, poll_wait_ms: int, stop_before_boot: bool
+        self,
+        slots: int,
+        seed_session: int,
+        poll_wait_ms: int,
+        stop_before_boot: bool,
+        stop_after: int,
     ) -> None:
+        self.events = 0
+        self.stop_after = stop_after
         self.settings = RuntimeSettings(
             storage_heartbeat_interval_sec=1.0,
             scheduler_heartbeat_interval_sec=1.0,
@@ -188,7 +201,7 @@ class CoreDriver(RuleBasedStateMachine):
             backoff_max_sec=0.5,
             slots=slots,
         )
-        self.core = WorkerCore(self.settings)
+        self.core = WorkerCore(self.settings, random=random.Random(seed_session))
         self.seed_session = seed_session
         self.now = 0.0
         self.moves: list[list[tuple[State, State, Trigger]]] = [[] for _ in range(slots)]
@@ -226,6 +239,7 @@ class CoreDriver(RuleBasedStateMachine):
     # --- delivering one event and checking the actions -----------------------------------------
 
     def deliver(self, event: Event) -> None:
+        self.events += 1
         self._cause_of(event)
         for action in self.core.handle(event, self.now):
             self.check(action)
@@ -350,7 +364,7 @@ class CoreDriver(RuleBasedStateMachine):
     # --- boot ----------------------------------------------------------------------------------
 
     @precondition(lambda self: self.registering_worker is not None)
-    @rule(answer=st.sampled_from(["ok", "error", "cancelled"]))
+    @rule(answer=st.sampled_from(["ok"] * 8 + ["error", "cancelled"]))
     def answer_worker_registration(self, answer: str) -> None:
         if answer == "cancelled" and not self.registration_cancel_asked:
             answer = "ok"  # the shell delivers a cancellation only when the core asked
@@ -380,7 +394,7 @@ class CoreDriver(RuleBasedStateMachine):
     @precondition(lambda self: any(isinstance(c, SendNextTask) for c in self.calls.values()))
     @rule(
         which=st.integers(0, 3),
-        answer=st.sampled_from(["no_task", "assignment", "error", "malformed"]),
+        answer=st.sampled_from(["assignment", "no_task", "assignment", "error", "malformed"]),
         session_offset=st.sampled_from([-1, 0, 0, 0, 1]),
     )
     def answer_poll(self, which: int, answer: str, session_offset: int) -> None:
@@ -407,7 +421,7 @@ class CoreDriver(RuleBasedStateMachine):
             self.deliver(PollFailed(slot, ProtocolError(Rpc.NEXT_TASK, "result is unset")))
 
     @precondition(lambda self: any(isinstance(c, RegisterTask) for c in self.calls.values()))
-    @rule(which=st.integers(0, 3), answer=st.sampled_from(_REGISTER_ANSWERS))
+    @rule(which=st.integers(0, 3), answer=st.sampled_from([OK] * 6 + _REGISTER_ANSWERS))
     def answer_registration(self, which: int, answer: StatusCode | str) -> None:
         slot = self._slot_with(RegisterTask, which)
         assert slot is not None
@@ -438,7 +452,10 @@ class CoreDriver(RuleBasedStateMachine):
         self.deliver(TimerFired(slot))
 
     @precondition(lambda self: any(isinstance(c, Execute) for c in self.calls.values()))
-    @rule(which=st.integers(0, 3), outcome=st.sampled_from(["success", "failure", "broken"]))
+    @rule(
+        which=st.integers(0, 3),
+        outcome=st.sampled_from(["success"] * 4 + ["failure"] * 2 + ["broken"]),
+    )
     def task_ends(self, which: int, outcome: str) -> None:
         slot = self._slot_with(Execute, which)
         assert slot is not None
@@ -470,11 +487,13 @@ class CoreDriver(RuleBasedStateMachine):
     # --- the worker's surroundings -------------------------------------------------------------
 
     @precondition(lambda self: "storage" in self.loops_running and not self.loops_stop_asked)
-    @rule(change=st.sampled_from([-1, 0, 1]))
+    @rule(change=st.sampled_from([0, 1, 0, -1]))
     def storage_heartbeat(self, change: int) -> None:
         """The liveness loop's reply goes to the core's tracker; a regression evicts."""
         tracker = self.core.tracker
         assert tracker is not None
+        if change < 0 and self.events < self.stop_after:
+            change = 0
         session = SessionId(max(1, tracker.current + change))
         if tracker.observe(session) is SessionObservation.REGRESSED:
             self.loops_running.discard("storage")  # the loop ends on eviction
@@ -483,6 +502,7 @@ class CoreDriver(RuleBasedStateMachine):
         self.session_high = max(self.session_high, session)
 
     @precondition(lambda self: "storage" in self.loops_running and not self.loops_stop_asked)
+    @precondition(lambda self: self.events >= self.stop_after)
     @rule()
     def storage_evicts(self) -> None:
         self.loops_running.discard("storage")
@@ -491,10 +511,11 @@ class CoreDriver(RuleBasedStateMachine):
 
     @rule()
     def signal(self) -> None:
-        """A signal, at any time: after the exit it must change nothing (no action at all)."""
-        self.deliver(StopRequested())
+        """A signal, after the drawn events: after the exit it must change nothing (no action)."""
+        if self.events >= self.stop_after or self.exit_code is not None:
+            self.deliver(StopRequested())
 
-    @precondition(lambda self: self.exit_code is None)
+    @precondition(lambda self: self.exit_code is None and self.events >= self.stop_after)
     @rule()
     def force(self) -> None:
         self.deliver(ForceStopRequested())
@@ -612,3 +633,50 @@ def test_table_matches_the_states_of_section_6_4() -> None:
 )
 def test_the_oracle_exit_code_table_is_section_6_11(causes: set[str], code: int) -> None:
     assert _expected_exit_code(causes) == code
+
+
+def _only(actions: list[Action], kind: type) -> list[Any]:
+    return [action for action in actions if isinstance(action, kind)]
+
+
+def test_two_slots_never_carry_one_record_at_once_and_never_after_an_ok() -> None:
+    """6.12: slot B's poll carries R; slot A polls meanwhile: R is not free, so A carries none."""
+    settings = RuntimeSettings(
+        storage_heartbeat_interval_sec=1.0,
+        scheduler_heartbeat_interval_sec=1.0,
+        scheduler_poll_wait_ms=1000,
+        slots=2,
+    )
+    core = WorkerCore(settings)
+    core.handle(Booted(), 0.0)
+    core.handle(WorkerRegistered(Registration(EM, SessionId(1))), 0.0)
+    polls = _only(core.handle(HeartbeatsStarted(), 0.0), SendNextTask)
+    assert [(p.slot, p.carried) for p in polls] == [(0, None), (1, None)]
+    a = SchedulerAssignment(
+        TaskAssignment(
+            AssignmentId(1), ResourceGroupId(1), JobId(7), TaskId.of_index(1), SessionId(1)
+        ),
+        SchedulerId(3),
+    )
+    [register] = _only(core.handle(PollAnswered(0, a), 0.0), RegisterTask)
+    [execute] = _only(core.handle(TaskRegistered(0, _context(1)), 0.0), Execute)
+    assert execute.slot == 0
+    # Slot 1's poll returns idle; its next poll carries R (the only pending record).
+    [b_poll] = _only(core.handle(PollAnswered(1, None), 0.0), SendNextTask)
+    assert b_poll.carried == a.record
+    # Slot 0's task ends while slot 1's poll is in flight: slot 0 must not carry R too.
+    [a_poll] = _only(
+        core.handle(OutcomeArrived(0, Success(b"\x00\x00\x00\x00")), 0.1), SendNextTask
+    )
+    assert a_poll.carried is None
+    # Slot 1's carrier fails: R is free again, and slot 1's next poll (after the backoff) takes it.
+    [sleep] = _only(
+        core.handle(PollFailed(1, error_for(Rpc.NEXT_TASK, StatusCode.UNAVAILABLE)), 0.2), Sleep
+    )
+    [b_again] = _only(core.handle(TimerFired(1), sleep.until), SendNextTask)
+    assert b_again.carried == a.record
+    # It returns OK: R is acknowledged and rides on nothing afterwards, nor in Shutdown.
+    [b_third] = _only(core.handle(PollAnswered(1, None), sleep.until), SendNextTask)
+    assert b_third.carried is None
+    assert core.ledger.pending == ()
+    assert register.slot == 0

@@ -243,6 +243,8 @@ def classify_report_error(error: RpcError | ProtocolError) -> ReportVerdict:
 class StopCause(enum.Enum):
     """Why the worker stops; each maps to an exit code (protocol.md section 6.11)."""
 
+    __hash__ = object.__hash__  # identity: the core intersects cause sets on every outcome
+
     GRACEFUL = "graceful"  # first signal, drained in time
     FORCED = "forced"  # second signal, or the drain deadline passed
     EVICTED = "evicted"  # heartbeat FAILED_PRECONDITION / INVALID_ARGUMENT / lower session

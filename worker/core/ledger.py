@@ -21,6 +21,9 @@ __all__ = ["DEFAULT_HISTORY", "AckLedger", "LedgerError"]
 DEFAULT_HISTORY = 65_536
 
 
+_ABSENT = object()
+
+
 class LedgerError(RuntimeError):
     """A use of the ledger that would lose, repeat or invent an acknowledgement (a bug)."""
 
@@ -92,15 +95,11 @@ class AckLedger:
         """A ``NextTask`` that carried ``carried`` completed (OK or malformed): it leaves."""
         if carried is None:
             return
-        if carried not in self._pending:
+        if self._pending.pop(carried, _ABSENT) is _ABSENT:
             if self._closed:
                 return  # already in the Shutdown batch: delivered twice, which is harmless
             raise LedgerError(f"completed carrier of {carried} but it is not pending")
-        if self._in_flight:
-            self._in_flight.discard(carried)
-        elif next(iter(self._pending)) != carried:
-            raise LedgerError(f"completed carrier of {carried} but the head is not that record")
-        del self._pending[carried]
+        self._in_flight.discard(carried)
         self._acknowledged += 1
 
     def carrier_failed(self, carried: TaskAssignmentRecord | None) -> None:

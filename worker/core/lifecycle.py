@@ -38,6 +38,10 @@ __all__ = [
 class AssignmentState(enum.Enum):
     """Where one assignment stands (its record, if any, is in the pending-ack queue)."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C, since the
+    # core looks moves up in sets on every step of every assignment (Enum's own hash is Python).
+    __hash__ = object.__hash__
+
     RECEIVED = "Received"  # a NextTask reply carried it
     REGISTERING = "Registering"  # RegisterTaskInstance in flight or in retry backoff
     REGISTERED = "Registered"  # storage created the instance: consumed, record appended (A1)
@@ -51,6 +55,8 @@ class AssignmentState(enum.Enum):
 
 class AssignmentEvent(enum.Enum):
     """What moves one assignment; several share a main-loop trigger."""
+
+    __hash__ = object.__hash__  # identity, as AssignmentState's
 
     STALE_SESSION = "stale_session"  # M2: s < tracker
     ACCEPTED = "accepted"  # M2: s >= tracker

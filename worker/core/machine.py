@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Final
 
 import attrs
-from transitions import Machine, MachineError
+from transitions import Machine
 
 from worker.core.story import AssignmentKey, StoryLog, key_text
 from worker.model import SchedulerAssignment, SessionId
@@ -41,6 +41,10 @@ logger = logging.getLogger("worker.machine")
 class State(enum.Enum):
     """Main-loop states (protocol.md section 6.4)."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C (every move
+    # of every slot looks states up; Enum's own hash is Python code).
+    __hash__ = object.__hash__
+
     IDLE = "Idle"
     AWAITING = "Awaiting"
     REGISTERING = "Registering"
@@ -51,6 +55,8 @@ class State(enum.Enum):
 
 class Trigger(enum.Enum):
     """The events that move the main loop."""
+
+    __hash__ = object.__hash__  # identity, as State's
 
     POLL = "poll"  # M0: send NextTask
     NO_TASK = "no_task"  # M1: OK + no_task
@@ -95,6 +101,12 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
 
 INITIAL_STATE: Final = State.IDLE
 TERMINAL_STATES: Final = frozenset({State.STOPPED})
+
+# Hot-path lookups, computed once from the enums and the table: the state a ``transitions``
+# state name stands for, each trigger's name, and the story text of each declared move.
+_STATE_NAMED: Final = {state.value: state for state in State}
+_TRIGGER_NAME: Final = {trigger: trigger.value for trigger in Trigger}
+_MOVE_TEXT: Final = {(t.source, t.dest): f"{t.source.value} -> {t.dest.value}" for t in TRANSITIONS}
 
 #: Called after every move with ``(source, dest, trigger)``.
 TransitionHook = Callable[[State, State, Trigger], None]
@@ -141,7 +153,7 @@ class WorkerMachine:
     @property
     def state(self) -> State:
         """The current state."""
-        return State(self._model.state)
+        return _STATE_NAMED[self._model.state]
 
     def add_hook(self, hook: TransitionHook) -> None:
         """Call ``hook`` after every move (the property tests and the story log use this)."""
@@ -163,14 +175,22 @@ class WorkerMachine:
         Logs one structured DEBUG line (slot, from, to, trigger, assignment, session) and, when an
         assignment is named and a story log is attached, appends the move to its story.
         """
-        source = self.state
-        try:
-            self._machine.events[trigger.value].trigger(self._model)
-        except (MachineError, KeyError) as error:
-            raise IllegalTransition(
-                f"no transition {trigger.value!r} from state {source.value!r}"
-            ) from error
-        dest = self.state
+        model = self._model
+        source_name = model.state
+        source = _STATE_NAMED[source_name]
+        name = _TRIGGER_NAME[trigger]
+        # The move is the one ``transitions`` declared for (trigger, source) from the table, and
+        # ``transitions`` sets the model's state. Its callback pipeline is skipped on purpose: the
+        # table declares no condition and no callback, and the pipeline costs more than all the
+        # rest of a slot's step (this is the hot path of every assignment).
+        event = self._machine.events.get(name)
+        moves = event.transitions.get(source_name) if event is not None else None
+        if not moves:
+            raise IllegalTransition(f"no transition {name!r} from state {source.value!r}")
+        target = moves[0].dest
+        assert target is not None  # the table declares no internal (dest-less) transition
+        self._machine.set_state(target, model)
+        dest = _STATE_NAMED[model.state]
         key: AssignmentKey | None = assignment.key if assignment is not None else None
         if logger.isEnabledFor(logging.DEBUG):  # a hot path: build the fields only when logged
             logger.debug(
@@ -191,7 +211,7 @@ class WorkerMachine:
             )
         if key is not None and self._story is not None:
             now = self._clock() if self._clock is not None else 0.0
-            self._story.add(key, now, f"{source.value} -> {dest.value}", trigger.value)
+            self._story.add(key, now, _MOVE_TEXT[source, dest], name)
         for hook in self._hooks:
             hook(source, dest, trigger)
         return dest

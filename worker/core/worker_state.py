@@ -134,6 +134,8 @@ _KILLING_CAUSES: Final = frozenset({StopCause.FORCED, StopCause.EVICTED})
 class _Call(enum.Enum):
     """The one call a slot may have outstanding."""
 
+    __hash__ = object.__hash__  # identity: looked up in sets on every step
+
     POLL = "poll"
     REGISTER = "register"
     POLL_BACKOFF = "poll backoff"
@@ -192,8 +194,9 @@ class WorkerCore:
             _Slot(index, WorkerMachine(story=self._story, clock=self._clock, slot=index))
             for index in range(settings.slots)
         )
-        for slot in self._slots:
-            slot.machine.add_hook(self._slot_hook(slot.index))
+        if observe:
+            for slot in self._slots:
+                slot.machine.add_hook(self._slot_hook(slot.index))
         self._ledger = AckLedger()
         self._lifecycles = AssignmentLifecycles(self._on_assignment_moved if observe else None)
         self._tracker: SessionTracker | None = None
@@ -306,11 +309,11 @@ class WorkerCore:
     # --- boot ----------------------------------------------------------------------------------
 
     def _on_booted(self, _event: Booted) -> None:
-        if self.draining:
+        if self._causes:
             self._exit_without_shutdown("boot aborted")
             return
         self._enter(PhaseTrigger.BOOTED, Phase.REGISTERING)
-        self._emit(RegisterWorker(self._settings.ip_address))
+        self._out.append(RegisterWorker(self._settings.ip_address))
 
     def _on_worker_registered(self, event: WorkerRegistered) -> None:
         registration = event.registration
@@ -327,7 +330,7 @@ class WorkerCore:
         self._em_id = registration.execution_manager_id
         self._tracker = SessionTracker(registration.session_id)
         self._enter(PhaseTrigger.REGISTERED, Phase.STARTING)
-        self._emit(StartHeartbeats(registration.execution_manager_id))
+        self._out.append(StartHeartbeats(registration.execution_manager_id))
 
     def _on_worker_registration_failed(self, event: WorkerRegistrationFailed) -> None:
         logger.error(
@@ -342,7 +345,7 @@ class WorkerCore:
     def _on_heartbeats_started(self, _event: HeartbeatsStarted) -> None:
         if self._phase is not Phase.STARTING:
             return
-        if self.draining:
+        if self._causes:
             self._enter(PhaseTrigger.LOOPS_STARTED, Phase.DRAINING)
             self._maybe_stop_loops()
             return
@@ -354,11 +357,11 @@ class WorkerCore:
 
     def _next_step(self, slot: _Slot) -> None:
         """An idle slot with nothing outstanding: poll now, or sleep the shared poll backoff."""
-        if self.draining or self._torn_down or self._phase is not Phase.SERVING:
+        if self._causes or self._torn_down or self._phase is not Phase.SERVING:
             return
         if self._now < self._poll_ready_at:
             slot.call = _Call.POLL_BACKOFF
-            self._emit(Sleep(slot.index, self._poll_ready_at))
+            self._out.append(Sleep(slot.index, self._poll_ready_at))
             return
         assert self._em_id is not None
         slot.machine.fire(Trigger.POLL)
@@ -369,7 +372,7 @@ class WorkerCore:
                 "polling",
                 extra={"fields": {"slot": slot.index, "carried": str(slot.carried)}},
             )
-        self._emit(
+        self._out.append(
             SendNextTask(
                 slot.index, self._em_id, slot.carried, self._settings.scheduler_poll_wait_ms
             )
@@ -389,7 +392,7 @@ class WorkerCore:
             return
         if reply is not None:
             self._lifecycles.arrive(reply.key)
-        if self.draining:
+        if self._causes:
             if reply is not None:
                 self._lifecycles.move(
                     reply.key, AssignmentEvent.ARRIVED_DRAINING, AssignmentState.NEVER_ACKED
@@ -422,7 +425,7 @@ class WorkerCore:
         slot.carried = None
         if self._late():
             return
-        if self.draining:
+        if self._causes:
             self._maybe_stop_loops()
             return
         logger.warning(
@@ -451,7 +454,7 @@ class WorkerCore:
             self._next_step(slot)
             return
         if gate is SessionGate.NEWER:
-            self._emit(RefreshSession())
+            self._out.append(RefreshSession())
         slot.assignment = assignment
         slot.register_backoff = Backoff(self._policy, self._rng)
         self._lifecycles.move(key, AssignmentEvent.ACCEPTED, AssignmentState.REGISTERING)
@@ -462,7 +465,7 @@ class WorkerCore:
         assert self._em_id is not None
         assert slot.assignment is not None
         slot.call = _Call.REGISTER
-        self._emit(RegisterTask(slot.index, self._em_id, slot.assignment))
+        self._out.append(RegisterTask(slot.index, self._em_id, slot.assignment))
 
     def _on_task_registered(self, event: TaskRegistered) -> None:
         self._registration_verdict(event.slot, REGISTERED, "", event.context)
@@ -486,7 +489,7 @@ class WorkerCore:
         assert self._tracker is not None
         key = assignment.key
         session = assignment.session_id
-        if self._late() or self.draining:
+        if self._causes or self._late():
             # The stop came while the call was in flight, but its reply was already on its
             # way back: it counts as cancelled, whatever storage answered (no record).
             self._note(key, "reply discarded: stop during registration", "no record")
@@ -499,7 +502,7 @@ class WorkerCore:
         if verdict.record:
             self._ledger.record(assignment.record)
         if verdict.refresh:
-            self._emit(RefreshSession())
+            self._out.append(RefreshSession())
         if verdict.fatal:
             self._release(slot)
             self._fail(f"registration of {key_text(key)}: {verdict.reason} {error_text}")
@@ -535,7 +538,7 @@ class WorkerCore:
             extra={"fields": {"assignment": key_text(key), "error": error_text}},
         )
         slot.call = _Call.REGISTER_BACKOFF
-        self._emit(Sleep(slot.index, self._now + slot.register_backoff.next_delay()))
+        self._out.append(Sleep(slot.index, self._now + slot.register_backoff.next_delay()))
 
     def _on_timer_fired(self, event: TimerFired) -> None:
         slot = self._slots[event.slot]
@@ -543,7 +546,7 @@ class WorkerCore:
         assert call in (_Call.POLL_BACKOFF, _Call.REGISTER_BACKOFF), call
         slot.call = None
         if call is _Call.POLL_BACKOFF:
-            if self.draining:
+            if self._causes:
                 self._maybe_stop_loops()
             else:
                 self._next_step(slot)
@@ -551,7 +554,7 @@ class WorkerCore:
         assignment = slot.assignment
         assert assignment is not None
         assert self._tracker is not None
-        if self._late() or self.draining:
+        if self._causes or self._late():
             self._note(assignment.key, "registration abandoned by the stop", "no record")
             self._lifecycles.move(
                 assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
@@ -596,7 +599,7 @@ class WorkerCore:
                     }
                 },
             )
-        self._emit(
+        self._out.append(
             Execute(slot.index, assignment.key, ExecutionRequest.for_assignment(task, context))
         )
 
@@ -656,9 +659,9 @@ class WorkerCore:
             )
             self._reports[key] = self._reports.get(key, 0) + 1
             self._lifecycles.move(key, AssignmentEvent.OUTCOME, AssignmentState.OUTCOME_REPORTED)
-            self._emit(StartReport(key, report))
+            self._out.append(StartReport(key, report))
         self._release(slot)
-        if self.draining:
+        if self._causes:
             self._maybe_stop_loops()
             return
         slot.machine.fire(Trigger.FINISHED, assignment=assignment, session=session)
@@ -708,7 +711,7 @@ class WorkerCore:
             self._note(assignment.key, "killed", "no report")
             self._lifecycles.move(assignment.key, AssignmentEvent.KILLED, AssignmentState.ABANDONED)
             self._release(slot)
-        if not self.draining:
+        if not self._causes:
             # Nobody asked for this cancellation: the shell is being torn down from outside.
             self._torn_down = True
             return
@@ -764,9 +767,9 @@ class WorkerCore:
         self._begin_drain(cause)
         for slot in self._slots:
             if slot.call is _Call.EXECUTE:
-                self._emit(KillTask(slot.index))
+                self._out.append(KillTask(slot.index))
         if cause is StopCause.FORCED and self._reports:
-            self._emit(CancelReports())
+            self._out.append(CancelReports())
         self._maybe_stop_loops()
 
     def _fail(self, reason: str) -> None:
@@ -788,7 +791,7 @@ class WorkerCore:
                     session=None if held is None else held.session_id,
                 )
             if slot.call in _INTERRUPTIBLE:
-                self._emit(CancelCall(slot.index))
+                self._out.append(CancelCall(slot.index))
             elif slot.call is _Call.EXECUTE and cause is not StopCause.EVICTED:
                 assert slot.assignment is not None  # the task keeps running (a forced stop
                 # kills it right after this)
@@ -798,10 +801,10 @@ class WorkerCore:
         if self._notices is not None:
             self._notices.append(DrainingBegan(cause))
         if self._phase is Phase.REGISTERING:
-            self._emit(CancelRegistration())
+            self._out.append(CancelRegistration())
         elif self._phase is Phase.SERVING:
             self._enter(PhaseTrigger.STOP_CAUSE, Phase.DRAINING)
-        self._emit(ArmDrainDeadline(self._now + self._settings.drain_timeout_sec))
+        self._out.append(ArmDrainDeadline(self._now + self._settings.drain_timeout_sec))
 
     # --- drain end, heartbeat loops and Shutdown -----------------------------------------------
 
@@ -812,7 +815,7 @@ class WorkerCore:
         if any(slot.call is not None for slot in self._slots) or self._reports:
             return
         self._enter(PhaseTrigger.DRAINED, Phase.STOPPING_LOOPS)
-        self._emit(StopHeartbeats())
+        self._out.append(StopHeartbeats())
         self._maybe_shut_down()
 
     def _on_heartbeat_loop_ended(self, event: HeartbeatLoopEnded) -> None:
@@ -836,7 +839,7 @@ class WorkerCore:
         for record in self._shutdown_records:
             self._lifecycles.acknowledge((record.from_scheduler_id, record.id))
         self._shutdown_deadline = self._now + budget_sec
-        self._emit(
+        self._out.append(
             SendShutdown(self._em_id, self._shutdown_records, self._now, self._shutdown_deadline)
         )
 
@@ -852,7 +855,7 @@ class WorkerCore:
         if isinstance(event.error, TransportError):
             logger.warning("Shutdown failed, retrying", extra={"fields": fields})
             assert self._em_id is not None
-            self._emit(
+            self._out.append(
                 SendShutdown(
                     self._em_id,
                     self._shutdown_records,
@@ -899,7 +902,7 @@ class WorkerCore:
         code = exit_code_for(self._causes)
         self._exit_code = code
         logger.info("stopped", extra={"fields": {"exit_code": int(code)}})
-        self._emit(Exit(code))
+        self._out.append(Exit(code))
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -915,9 +918,6 @@ class WorkerCore:
         )
         if self._notices is not None:
             self._notices.append(PhaseChanged(source, phase, trigger))
-
-    def _emit(self, action: Action) -> None:
-        self._out.append(action)
 
     def _acknowledge(self, carried: TaskAssignmentRecord | None) -> None:
         if carried is not None:

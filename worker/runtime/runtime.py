@@ -99,6 +99,7 @@ __all__ = ["OUTER_CANCEL_SHUTDOWN_BUDGET_SEC", "WorkerRuntime"]
 logger = logging.getLogger("worker.runtime")
 
 _SlotCall = SendNextTask | RegisterTask | Execute | Sleep
+_SLOT_CALLS = (SendNextTask, RegisterTask, Execute, Sleep)
 
 #: A heartbeat loop: runs until cancelled (or evicted), reports ``started`` on its first beat.
 LoopFunction = Callable[..., Awaitable[None]]
@@ -131,7 +132,7 @@ class WorkerRuntime:
         self._registration_scope = trio.CancelScope()
         self._loops_scope = trio.CancelScope()
         self._slot_scopes = [trio.CancelScope() for _ in range(settings.slots)]
-        self._report_scopes: set[trio.CancelScope] = set()
+        self._reports: trio.Nursery | None = None
         self._liveness_loop: LivenessLoop | None = None
         self._reporter: Reporter | None = None
         self._exit_code: ExitCode | None = None
@@ -193,6 +194,7 @@ class WorkerRuntime:
                 try:
                     async with trio.open_nursery() as root:
                         self._root = root
+                        await root.start(self._report_nursery)
                         self._dispatch(Booted())
                         await self._exited.wait()
                         root.cancel_scope.cancel()  # the drain deadline timer, if armed
@@ -212,7 +214,8 @@ class WorkerRuntime:
     def _dispatch(self, event: Event) -> None:
         for action in self._core.handle(event, _now()):
             self._perform(action)
-        self._notify()
+        if self._observer is not None:
+            self._notify()
 
     def _notify(self) -> None:
         if self._observer is not None:
@@ -221,20 +224,17 @@ class WorkerRuntime:
 
     def _perform(self, action: Action) -> None:
         root = self._root
-        if isinstance(action, SendNextTask | RegisterTask | Execute | Sleep):
+        if isinstance(action, StartReport):
+            assert self._reports is not None
+            self._reports.start_soon(self._report, action)
+        elif isinstance(action, _SLOT_CALLS):
             assert root is not None
             root.start_soon(self._run_slot, action, self._new_slot_scope(action.slot))
         elif isinstance(action, CancelCall | KillTask):
             self._slot_scopes[action.slot].cancel()
-        elif isinstance(action, StartReport):
-            assert root is not None
-            assert self._reporter is not None
-            scope = trio.CancelScope()
-            self._report_scopes.add(scope)
-            root.start_soon(self._report, action, scope)
         elif isinstance(action, CancelReports):
-            for scope in self._report_scopes:
-                scope.cancel()
+            if self._reports is not None:
+                self._reports.cancel_scope.cancel()
         elif isinstance(action, RefreshSession):
             if self._liveness_loop is not None:
                 self._liveness_loop.request_refresh()
@@ -268,58 +268,58 @@ class WorkerRuntime:
         return scope
 
     async def _run_slot(self, action: _SlotCall, scope: trio.CancelScope) -> None:
-        """One slot's calls, one after another, while each answer asks for the slot's next."""
+        """One slot's calls, one after another, while each answer asks for the slot's next.
+
+        Each call runs inside its own scope and ends in exactly one event: its answer, its
+        failure, or ``CallCancelled`` when the core cancelled the scope. (One function, not a
+        helper per call: this is the hot path of every assignment.)
+        """
         slot = action.slot
         call: _SlotCall | None = action
         while call is not None:
-            event = await self._slot_call(call, scope)
+            event: Event | None = None
+            with scope:
+                if isinstance(call, SendNextTask):
+                    try:
+                        reply = await self._scheduler.next_task(
+                            call.em_id, call.carried, call.wait_time_ms
+                        )
+                    except (RpcError, ProtocolError) as error:
+                        event = PollFailed(slot, error)
+                    else:
+                        event = PollAnswered(slot, reply)
+                elif isinstance(call, RegisterTask):
+                    task = call.assignment.assignment
+                    try:
+                        context = await self._storage.register_task_instance(
+                            task.job_id, task.task_id, call.em_id, task.session_id
+                        )
+                    except (RpcError, ProtocolError) as error:
+                        event = TaskRegistrationFailed(slot, error)
+                    else:
+                        event = TaskRegistered(slot, context)
+                elif isinstance(call, Execute):
+                    assert self._executor is not None
+                    try:
+                        outcome = await self._executor.execute(call.request)
+                    except ExecutorPoolError as error:
+                        event = ExecutionFailed(slot, error)
+                    else:
+                        event = OutcomeArrived(slot, outcome)
+                else:
+                    await trio.sleep_until(call.until)
+                    event = TimerFired(slot)
             call = None
-            for follow in self._core.handle(event, _now()):
-                if isinstance(follow, SendNextTask | RegisterTask | Execute | Sleep) and (
-                    follow.slot == slot and call is None
-                ):
+            for follow in self._core.handle(
+                CallCancelled(slot) if event is None else event, _now()
+            ):
+                if call is None and isinstance(follow, _SLOT_CALLS) and follow.slot == slot:
                     call = follow
                     scope = self._new_slot_scope(slot)
                 else:
                     self._perform(follow)
-            self._notify()
-
-    async def _slot_call(self, call: _SlotCall, scope: trio.CancelScope) -> Event:
-        """Perform ``call`` inside ``scope``; the event it ended with."""
-        slot = call.slot
-        event: Event = CallCancelled(slot)
-        with scope:
-            if isinstance(call, SendNextTask):
-                try:
-                    reply = await self._scheduler.next_task(
-                        call.em_id, call.carried, call.wait_time_ms
-                    )
-                except (RpcError, ProtocolError) as error:
-                    event = PollFailed(slot, error)
-                else:
-                    event = PollAnswered(slot, reply)
-            elif isinstance(call, RegisterTask):
-                task = call.assignment.assignment
-                try:
-                    context = await self._storage.register_task_instance(
-                        task.job_id, task.task_id, call.em_id, task.session_id
-                    )
-                except (RpcError, ProtocolError) as error:
-                    event = TaskRegistrationFailed(slot, error)
-                else:
-                    event = TaskRegistered(slot, context)
-            elif isinstance(call, Execute):
-                assert self._executor is not None
-                try:
-                    outcome = await self._executor.execute(call.request)
-                except ExecutorPoolError as error:
-                    event = ExecutionFailed(slot, error)
-                else:
-                    event = OutcomeArrived(slot, outcome)
-            else:
-                await trio.sleep_until(call.until)
-                event = TimerFired(slot)
-        return event
+            if self._observer is not None:
+                self._notify()
 
     # --- boot, heartbeats, reports, drain deadline, Shutdown ------------------------------------
 
@@ -372,11 +372,22 @@ class WorkerRuntime:
         finally:
             self._dispatch(HeartbeatLoopEnded(name))
 
-    async def _report(self, action: StartReport, scope: trio.CancelScope) -> None:
+    async def _report_nursery(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The nursery every report runs in; CancelReports cancels it (reports only)."""
+        async with trio.open_nursery() as reports:
+            self._reports = reports
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _report(self, action: StartReport) -> None:
         assert self._reporter is not None
-        with scope:
+        assert self._reports is not None
+        try:
             await self._reporter.deliver(action.key, action.report)
-        self._report_scopes.discard(scope)
+        except trio.Cancelled:
+            if self._reports.cancel_scope.cancel_called:  # abandoned on the core's CancelReports
+                self._dispatch(ReportSettled(action.key))
+            raise
         self._dispatch(ReportSettled(action.key))
 
     async def _drain_timer(self, deadline: float) -> None:

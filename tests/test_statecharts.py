@@ -231,6 +231,7 @@ def test_nursery_tree_keys_are_unique_and_drawn() -> None:
         "scheduler heartbeat loop",
         "one task per busy slot",
         "call scope (one per call)",
+        "report nursery",
         "one task per report",
         "drain deadline timer",
         "Shutdown budget scope",

@@ -15,7 +15,8 @@ Nursery tree (one run)::
           storage liveness loop, scheduler heartbeat loop
         one task per busy slot             (runs the slot's calls one after another; one scope
                                             per call: CancelCall, KillTask)
-        one task per report                (its scope: CancelReports)
+        report nursery                     (CancelReports cancels it)
+          one task per report
         drain deadline timer, Shutdown attempts
       -> after an outer cancellation: a shielded, bounded Shutdown if the core asks for one
 """
@@ -197,7 +198,8 @@ class WorkerRuntime:
                         await root.start(self._report_nursery)
                         self._dispatch(Booted())
                         await self._exited.wait()
-                        root.cancel_scope.cancel()  # the drain deadline timer, if armed
+                        # What is left: the drain deadline timer, if armed, the report nursery.
+                        root.cancel_scope.cancel()
                 finally:
                     self._root = None
                     if self._exit_code is None:

@@ -106,11 +106,18 @@ NURSERY_TREE: Final = ScopeNode(
                     ),
                 ),
                 ScopeNode(
-                    "report",
-                    _K.TASK,
-                    "one task per report",
-                    "retried with backoff while the session holds; its scope is cancelled by a"
-                    " forced stop",
+                    "reports",
+                    _K.NURSERY,
+                    "report nursery",
+                    "a forced stop cancels it: each abandoned report is logged with its ids",
+                    (
+                        ScopeNode(
+                            "report",
+                            _K.TASK,
+                            "one task per report",
+                            "retried with backoff while the session holds",
+                        ),
+                    ),
                 ),
                 ScopeNode(
                     "deadline",

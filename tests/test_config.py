@@ -411,3 +411,16 @@ def test_metrics_block_is_optional_and_checked(minimal: dict[str, Any]) -> None:
     minimal["metrics"] = {"port": 9100}
     with pytest.raises(ConfigError, match=r"^config error: metrics\.host: missing required key$"):
         parse_config(minimal, {})
+
+
+def test_slots_default_to_one_reach_the_pool_and_the_core_and_are_checked(
+    minimal: dict[str, Any],
+) -> None:
+    config = parse_config(minimal, {}).config
+    assert config.slots == 1
+    assert (config.to_pool_settings().slots, config.to_runtime_settings().slots) == (1, 1)
+    minimal["slots"] = 4
+    config = parse_config(minimal, {}).config
+    assert (config.to_pool_settings().slots, config.to_runtime_settings().slots) == (4, 4)
+    minimal["slots"] = 0
+    assert error_of(minimal).startswith("config error: slots: ")

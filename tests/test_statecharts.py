@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.core.machine import TRANSITIONS, State, Transition, Trigger
-from worker.statecharts import main
-from worker.statecharts.command import stale_files
-from worker.statecharts.lifecycle import (
+from worker.core.lifecycle import (
     ASSIGNMENT_FINAL_STATES,
     ASSIGNMENT_INITIAL_STATE,
     ASSIGNMENT_TRANSITIONS,
@@ -22,10 +19,15 @@ from worker.statecharts.lifecycle import (
     AssignmentState,
     overlap_errors,
 )
+from worker.core.machine import TRANSITIONS, State, Transition, Trigger
+from worker.core.phases import PHASE_MOVES, Phase
+from worker.statecharts import main
+from worker.statecharts.command import stale_files
 from worker.statecharts.nurseries import NURSERY_TREE, walk
 from worker.statecharts.render import (
     CHART_NAMES,
     assignment_spec,
+    phases_spec,
     render_all,
     render_machine,
     worker_spec,
@@ -222,18 +224,37 @@ def test_nursery_tree_keys_are_unique_and_drawn() -> None:
     labels = {node.label for _, node in walk(NURSERY_TREE)}
     for required in (
         "executor pool",
-        "boot scope",
-        "root nursery (loops)",
+        "root nursery",
+        "worker registration scope",
+        "heartbeat loops scope and nursery",
         "storage liveness loop",
         "scheduler heartbeat loop",
-        "main loop (the nursery's body)",
-        "poll / registration / backoff scope",
-        "execution scope",
-        "drain deadline scope",
+        "one task per busy slot",
+        "call scope (one per call)",
         "report nursery",
-        "shutdown budget scope",
+        "one task per report",
+        "drain deadline timer",
+        "Shutdown budget scope",
+        "shielded goodbye",
     ):
         assert required in labels
+
+
+def test_phases_chart_draws_every_declared_phase_move() -> None:
+    spec = phases_spec()
+    assert set(spec.transitions) == {
+        (m.trigger.value, m.source.value, m.dest.value) for m in PHASE_MOVES
+    }
+    assert spec.states == tuple(phase.value for phase in Phase)
+    mermaid = render_machine(spec).mermaid
+    assert "[*] --> Boot" in mermaid
+    assert "Exited --> [*]" in mermaid
+
+
+def test_no_chart_shows_a_spec_rule_id() -> None:
+    """Charts are user-visible text: protocol rule ids stay in code comments and docs/rules.md."""
+    for name, text in render_all().items():
+        assert not re.search(r"\b[APMRSEH]\d{1,2}\b", text), name
 
 
 # --- the command ----------------------------------------------------------------------------------

@@ -531,6 +531,14 @@ class WorkerConfig:
     )
     liveness: LivenessConfig = attrs.field(metadata=_block("Heartbeat periods."))
     task_executor: TaskExecutorConfig = attrs.field(metadata=_block("The executor pool."))
+    slots: int = attrs.field(
+        default=1,
+        metadata=_key(
+            "Tasks this worker runs at once: one executor and one long poll per slot"
+            " (protocol.md section 6.12).",
+            _integer(1),
+        ),
+    )
     ip_address: str = attrs.field(
         default="0.0.0.0",
         metadata=_key(
@@ -566,6 +574,7 @@ class WorkerConfig:
             backoff_max_sec=self.backoff.max_sec,
             ip_address=self.ip_address,
             max_send_bytes=self.grpc.max_send_bytes,
+            slots=self.slots,
         )
 
     def to_channel_options(self) -> ChannelOptions:
@@ -580,7 +589,7 @@ class WorkerConfig:
         )
 
     def to_pool_settings(self) -> PoolSettings:
-        """The executor pool's settings (one slot: the worker runs one task at a time).
+        """The executor pool's settings: one executor per slot.
 
         Every ``task_executor`` key the pool knows is passed on under its own name.
         """
@@ -592,7 +601,9 @@ class WorkerConfig:
             for field in attrs.fields(TaskExecutorConfig)
             if field.name in pool_keys
         }
-        return PoolSettings(**executor, output_limit_bytes=self.grpc.max_send_bytes, slots=1)
+        return PoolSettings(
+            **executor, output_limit_bytes=self.grpc.max_send_bytes, slots=self.slots
+        )
 
 
 _CLASSES: Final = (

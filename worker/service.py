@@ -23,6 +23,7 @@ import trio
 
 from worker.command_line import add_worker_options, command_parser, invoked_prog, log_level
 from worker.config import ConfigError, WorkerConfig, load_config
+from worker.core.decisions import POOL_BROKEN_CAUSES, exit_code_for
 from worker.core.ports import Executor, LivenessClient, SchedulerClient, StorageClient
 from worker.errors import ExecutorPoolError, PoolInitError
 from worker.executor.pool import open_pool
@@ -201,10 +202,10 @@ async def _serve(
         if stopper.stopped_during_boot:
             return ExitCode.OK  # the signal interrupted the executors' start
         if not isinstance(error, PoolInitError):
-            # Broken while serving or closing (e.g. its log sink failed): fatal, 1 outranks
-            # whatever the runtime would have returned.
+            # Broken while serving or closing (e.g. its log sink failed): the core's rule for a
+            # broken pool, whose fatal cause outranks whatever the runtime would have returned.
             logger.error("executor pool failed: %s", error)
-            return ExitCode.FATAL
+            return exit_code_for(POOL_BROKEN_CAUSES)
         bin_path = config.task_executor.bin_path
         if bin_path is not None:
             # Spider's native executor speaks another framing: say which key to look at.

@@ -102,6 +102,7 @@ class Harness:
         max_send_bytes: int = 4 * 1024 * 1024,
         poll_wait_ms: int = POLL_WAIT_MS,
         seed: int = 0,
+        slots: int = 1,
     ) -> None:
         self.journal = Journal()
         self.scheduler = FakeScheduler(self.journal, apply_acks_on_error=apply_acks_on_error)
@@ -119,6 +120,7 @@ class Harness:
             backoff_initial_sec=0.05,
             backoff_max_sec=0.5,
             max_send_bytes=max_send_bytes,
+            slots=slots,
         )
         self.runtime = WorkerRuntime(
             self.settings,

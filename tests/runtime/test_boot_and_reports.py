@@ -102,7 +102,7 @@ async def test_failed_outcomes_are_reported_with_exact_messages(
 async def test_story_explains_where_an_assignment_is(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="worker.machine")
+    caplog.set_level(logging.DEBUG, logger="worker.machine")  # transitions are DEBUG lines
     h = Harness()
     a1 = A(1)
     h.scheduler.push(Assign(a1))
@@ -124,7 +124,7 @@ async def test_story_explains_where_an_assignment_is(
     lines = [r for r in caplog.records if r.name == "worker.machine"]
     assert lines
     fields = lines[0].fields  # type: ignore[attr-defined]
-    assert set(fields) == {"from", "to", "trigger", "assignment", "session"}
+    assert set(fields) == {"slot", "from", "to", "trigger", "assignment", "session"}
     assert any(r.fields["assignment"] == "3/1" for r in lines)  # type: ignore[attr-defined]
     h.check_teardown()
 

@@ -41,6 +41,7 @@ from worker.model import (
 
 __all__ = [
     "ERROR_MESSAGE_CAP_BYTES",
+    "POOL_BROKEN_CAUSES",
     "TRUNCATION_SUFFIX",
     "HeartbeatVerdict",
     "RegisterVerdict",
@@ -242,6 +243,8 @@ def classify_report_error(error: RpcError | ProtocolError) -> ReportVerdict:
 class StopCause(enum.Enum):
     """Why the worker stops; each maps to an exit code (protocol.md section 6.11)."""
 
+    __hash__ = object.__hash__  # identity: the core intersects cause sets on every outcome
+
     GRACEFUL = "graceful"  # first signal, drained in time
     FORCED = "forced"  # second signal, or the drain deadline passed
     EVICTED = "evicted"  # heartbeat FAILED_PRECONDITION / INVALID_ARGUMENT / lower session
@@ -254,6 +257,10 @@ _EXIT_FOR_CAUSE: dict[StopCause, ExitCode] = {
     StopCause.EVICTED: ExitCode.EVICTED,
     StopCause.FATAL: ExitCode.FATAL,
 }
+
+
+#: The causes a broken executor pool adds, whatever else happened (protocol.md section 6.11).
+POOL_BROKEN_CAUSES: frozenset[StopCause] = frozenset({StopCause.FATAL})
 
 
 def exit_code_for(causes: set[StopCause] | frozenset[StopCause]) -> ExitCode:

@@ -1,14 +1,14 @@
 """The acknowledgement ledger: pending records, at most one per poll, the Shutdown batch.
 
-Rules (protocol.md section 6.6): a record is appended once, when its assignment is consumed;
-each ``NextTask`` carries at most the head; the head leaves only when a ``NextTask`` that carried
-it completed (OK, including a malformed reply); ``Shutdown`` carries whatever is still pending, in
-FIFO order. The ledger enforces these rules and raises ``LedgerError`` on any misuse (a bug).
+Rules (protocol.md sections 6.6 and 6.12): a record is appended once, when its assignment is
+consumed; each ``NextTask`` carries at most one record, the oldest pending record that no other
+``NextTask`` now in flight carries; a record leaves only when a ``NextTask`` that carried it
+completed (OK, including a malformed reply); a failed or cancelled carrier frees its record for
+the next poll of any slot; ``Shutdown`` carries whatever is still pending, in FIFO order. The
+ledger enforces these rules and raises ``LedgerError`` on any misuse (a bug).
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 from worker.model import TaskAssignmentRecord
 
@@ -21,6 +21,9 @@ __all__ = ["DEFAULT_HISTORY", "AckLedger", "LedgerError"]
 DEFAULT_HISTORY = 65_536
 
 
+_ABSENT = object()
+
+
 class LedgerError(RuntimeError):
     """A use of the ledger that would lose, repeat or invent an acknowledgement (a bug)."""
 
@@ -31,17 +34,31 @@ class AckLedger:
     def __init__(self, history: int = DEFAULT_HISTORY) -> None:
         if history < 1:
             raise ValueError(f"history must be at least 1, got {history}")
-        self._pending: deque[TaskAssignmentRecord] = deque()
+        # Pending records in consumption order (a dict: FIFO order, O(1) removal anywhere, since
+        # with several slots a younger record's carrier may complete before an older one's).
+        self._pending: dict[TaskAssignmentRecord, None] = {}
+        self._in_flight: set[TaskAssignmentRecord] = set()
         # The last ``history`` records appended, in consumption order (a dict keeps insertion
         # order and answers "appended before?" in O(1)).
         self._recorded: dict[TaskAssignmentRecord, None] = {}
         self._history = history
+        self._acknowledged = 0
         self._closed = False
 
     @property
     def pending(self) -> tuple[TaskAssignmentRecord, ...]:
         """Records still waiting for a completed carrier, oldest first."""
         return tuple(self._pending)
+
+    @property
+    def in_flight(self) -> frozenset[TaskAssignmentRecord]:
+        """Pending records an in-flight ``NextTask`` carries now."""
+        return frozenset(self._in_flight)
+
+    @property
+    def acknowledged(self) -> int:
+        """How many records left the ledger on a completed carrier (Shutdown not counted)."""
+        return self._acknowledged
 
     @property
     def consumption_order(self) -> tuple[TaskAssignmentRecord, ...]:
@@ -57,21 +74,38 @@ class AckLedger:
         self._recorded[record] = None
         if len(self._recorded) > self._history:
             del self._recorded[next(iter(self._recorded))]
-        self._pending.append(record)
+        self._pending[record] = None
 
     def to_carry(self) -> TaskAssignmentRecord | None:
-        """The record the next ``NextTask`` carries: the head, or ``None`` (field unset)."""
+        """The record the next ``NextTask`` would carry: the oldest free one, or ``None``."""
         if self._closed:
             raise LedgerError("no NextTask may be sent after the Shutdown batch was taken")
-        return self._pending[0] if self._pending else None
+        if not self._in_flight:  # the common case: one slot, nothing in flight
+            return next(iter(self._pending), None)
+        return next((r for r in self._pending if r not in self._in_flight), None)
+
+    def take_for_carrier(self) -> TaskAssignmentRecord | None:
+        """:meth:`to_carry`, marked as ridden by a ``NextTask`` now in flight."""
+        record = self.to_carry()
+        if record is not None:
+            self._in_flight.add(record)
+        return record
 
     def carrier_completed(self, carried: TaskAssignmentRecord | None) -> None:
-        """A ``NextTask`` that carried ``carried`` completed (OK or malformed): pop the head."""
+        """A ``NextTask`` that carried ``carried`` completed (OK or malformed): it leaves."""
         if carried is None:
             return
-        if not self._pending or self._pending[0] != carried:
-            raise LedgerError(f"completed carrier of {carried} but the head is not that record")
-        self._pending.popleft()
+        if self._pending.pop(carried, _ABSENT) is _ABSENT:
+            if self._closed:
+                return  # already in the Shutdown batch: delivered twice, which is harmless
+            raise LedgerError(f"completed carrier of {carried} but it is not pending")
+        self._in_flight.discard(carried)
+        self._acknowledged += 1
+
+    def carrier_failed(self, carried: TaskAssignmentRecord | None) -> None:
+        """A ``NextTask`` that carried ``carried`` failed or was cancelled: free it again."""
+        if carried is not None:
+            self._in_flight.discard(carried)
 
     def shutdown_batch(self) -> tuple[TaskAssignmentRecord, ...]:
         """Every pending record, FIFO, for the single ``Shutdown`` request; closes the ledger."""

@@ -1,9 +1,11 @@
 """The worker's state machine: THE transition table, declared once as data.
 
-The runtime moves only through :class:`WorkerMachine`, which builds a sync
-``transitions.Machine`` from :data:`TRANSITIONS` with ``auto_transitions=False``, so no move can
-bypass the table: an undeclared move raises :class:`IllegalTransition` at once (it is a bug).
-The statecharts in ``statecharts/`` and the property tests read the same table.
+Each slot of the worker core (:mod:`worker.core.worker_state`) moves only through its own
+:class:`WorkerMachine`, which builds a sync ``transitions.Machine`` from :data:`TRANSITIONS` with
+``auto_transitions=False``, so no move can bypass the table: an undeclared move raises
+:class:`IllegalTransition` at once (it is a bug). Every slot has its own copy of the machine and
+all copies read this one table (protocol.md section 6.12); so do the statecharts in
+``statecharts/`` and the property tests.
 
 States and their meaning are protocol.md section 6.4; the names are normative.
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from typing import Final
 
 import attrs
-from transitions import Machine, MachineError
+from transitions import Machine
 
 from worker.core.story import AssignmentKey, StoryLog, key_text
 from worker.model import SchedulerAssignment, SessionId
@@ -39,6 +41,10 @@ logger = logging.getLogger("worker.machine")
 class State(enum.Enum):
     """Main-loop states (protocol.md section 6.4)."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C (every move
+    # of every slot looks states up; Enum's own hash is Python code).
+    __hash__ = object.__hash__
+
     IDLE = "Idle"
     AWAITING = "Awaiting"
     REGISTERING = "Registering"
@@ -49,6 +55,8 @@ class State(enum.Enum):
 
 class Trigger(enum.Enum):
     """The events that move the main loop."""
+
+    __hash__ = object.__hash__  # identity, as State's
 
     POLL = "poll"  # M0: send NextTask
     NO_TASK = "no_task"  # M1: OK + no_task
@@ -94,6 +102,12 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
 INITIAL_STATE: Final = State.IDLE
 TERMINAL_STATES: Final = frozenset({State.STOPPED})
 
+# Hot-path lookups, computed once from the enums and the table: the state a ``transitions``
+# state name stands for, each trigger's name, and the story text of each declared move.
+_STATE_NAMED: Final = {state.value: state for state in State}
+_TRIGGER_NAME: Final = {trigger: trigger.value for trigger in Trigger}
+_MOVE_TEXT: Final = {(t.source, t.dest): f"{t.source.value} -> {t.dest.value}" for t in TRANSITIONS}
+
 #: Called after every move with ``(source, dest, trigger)``.
 TransitionHook = Callable[[State, State, Trigger], None]
 
@@ -117,7 +131,9 @@ class WorkerMachine:
         *,
         story: StoryLog | None = None,
         clock: Callable[[], float] | None = None,
+        slot: int = 0,
     ) -> None:
+        self._slot = slot
         self._story = story
         self._clock = clock
         self._model = _Model()
@@ -137,7 +153,7 @@ class WorkerMachine:
     @property
     def state(self) -> State:
         """The current state."""
-        return State(self._model.state)
+        return _STATE_NAMED[self._model.state]
 
     def add_hook(self, hook: TransitionHook) -> None:
         """Call ``hook`` after every move (the property tests and the story log use this)."""
@@ -156,26 +172,35 @@ class WorkerMachine:
     ) -> State:
         """Take the declared move for ``trigger``; raise :class:`IllegalTransition` if none.
 
-        Logs one structured line (from, to, trigger, assignment, session) and, when an
+        Logs one structured DEBUG line (slot, from, to, trigger, assignment, session) and, when an
         assignment is named and a story log is attached, appends the move to its story.
         """
-        source = self.state
-        try:
-            self._machine.events[trigger.value].trigger(self._model)
-        except (MachineError, KeyError) as error:
-            raise IllegalTransition(
-                f"no transition {trigger.value!r} from state {source.value!r}"
-            ) from error
-        dest = self.state
+        model = self._model
+        source_name = model.state
+        source = _STATE_NAMED[source_name]
+        name = _TRIGGER_NAME[trigger]
+        # The move is the one ``transitions`` declared for (trigger, source) from the table, and
+        # ``transitions`` sets the model's state. Its callback pipeline is skipped on purpose: the
+        # table declares no condition and no callback, and the pipeline costs more than all the
+        # rest of a slot's step (this is the hot path of every assignment).
+        event = self._machine.events.get(name)
+        moves = event.transitions.get(source_name) if event is not None else None
+        if not moves:
+            raise IllegalTransition(f"no transition {name!r} from state {source.value!r}")
+        target = moves[0].dest
+        assert target is not None  # the table declares no internal (dest-less) transition
+        self._machine.set_state(target, model)
+        dest = _STATE_NAMED[model.state]
         key: AssignmentKey | None = assignment.key if assignment is not None else None
-        if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
-            logger.info(
+        if logger.isEnabledFor(logging.DEBUG):  # a hot path: build the fields only when logged
+            logger.debug(
                 "transition %s -> %s on %s",
                 source.value,
                 dest.value,
                 trigger.value,
                 extra={
                     "fields": {
+                        "slot": self._slot,
                         "from": source.value,
                         "to": dest.value,
                         "trigger": trigger.value,
@@ -186,7 +211,7 @@ class WorkerMachine:
             )
         if key is not None and self._story is not None:
             now = self._clock() if self._clock is not None else 0.0
-            self._story.add(key, now, f"{source.value} -> {dest.value}", trigger.value)
+            self._story.add(key, now, _MOVE_TEXT[source, dest], name)
         for hook in self._hooks:
             hook(source, dest, trigger)
         return dest

@@ -87,7 +87,7 @@ class Reporter:
                     )
                     self._note(key, "report rejected", str(error))
                     return
-                logger.info("report sent", extra={"fields": fields})
+                logger.debug("report sent", extra={"fields": fields})  # the task end is INFO
                 self._note(key, "reported", str(fields["kind"]))
                 return
         except trio.Cancelled:

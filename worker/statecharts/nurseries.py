@@ -47,89 +47,98 @@ def walk(node: ScopeNode) -> Iterator[tuple[ScopeNode | None, ScopeNode]]:
 
 _K = ScopeKind
 
-#: The tree drawn in ``statecharts/nurseries.*``; it follows ``WorkerRuntime.run``.
+#: The tree drawn in ``statecharts/nurseries.*``; it follows ``WorkerRuntime.run``. Every task
+#: here performs actions of the core and answers with events; the core decides which scope to
+#: cancel and when.
 NURSERY_TREE: Final = ScopeNode(
     "pool",
     _K.CONTEXT,
     "executor pool",
-    "entered first, before any RPC; closed last, killing every executor's process group",
+    "entered first, before any RPC; one executor per slot; closed last, killing every"
+    " executor's process group",
     (
         ScopeNode(
-            "boot",
-            _K.CANCEL_SCOPE,
-            "boot scope",
-            "opens the pool, then RegisterExecutionManager; a stop cancels it: exit 0, no Shutdown",
-        ),
-        ScopeNode(
-            "loops",
+            "root",
             _K.NURSERY,
-            "root nursery (loops)",
-            "cancelled and joined once draining is over; nothing is sent after Shutdown",
+            "root nursery",
+            "every task below; cancelled once the core says Exit (the drain timer is left)",
             (
                 ScopeNode(
-                    "liveness",
-                    _K.TASK,
-                    "storage liveness loop",
-                    "heartbeat + refresh; stops at once on eviction",
-                ),
-                ScopeNode(
-                    "heartbeat",
-                    _K.TASK,
-                    "scheduler heartbeat loop",
-                    "runs through Draining (P4)",
-                ),
-                ScopeNode(
-                    "drain",
+                    "register",
                     _K.CANCEL_SCOPE,
-                    "drain deadline scope",
-                    "deadline = stop + shutdown.drain_timeout_sec; a forced stop cancels it",
+                    "worker registration scope",
+                    "RegisterExecutionManager; a stop during boot cancels it: exit 0, no Shutdown",
+                ),
+                ScopeNode(
+                    "loops",
+                    _K.CANCEL_SCOPE,
+                    "heartbeat loops scope and nursery",
+                    "cancelled and joined once the core drained; Shutdown waits for both loops",
                     (
                         ScopeNode(
-                            "reports",
-                            _K.NURSERY,
-                            "report nursery",
-                            "one task per outcome; leaving it awaits every report (P2)",
-                            (
-                                ScopeNode(
-                                    "report",
-                                    _K.TASK,
-                                    "report task",
-                                    "ReportTask*; retried with backoff while the session holds",
-                                ),
-                                ScopeNode(
-                                    "main",
-                                    _K.TASK,
-                                    "main loop (the nursery's body)",
-                                    "Idle, Awaiting, Registering, Executing; a stop ends polling",
-                                    (
-                                        ScopeNode(
-                                            "interruptible",
-                                            _K.CANCEL_SCOPE,
-                                            "poll / registration / backoff scope",
-                                            "a stop cancels it: the carried record stays pending,"
-                                            " a cancelled registration is not acked (P8)",
-                                        ),
-                                        ScopeNode(
-                                            "execution",
-                                            _K.CANCEL_SCOPE,
-                                            "execution scope",
-                                            "pool.execute; eviction or a forced stop cancels it"
-                                            " and the executor's process group is killed",
-                                        ),
-                                    ),
-                                ),
-                            ),
+                            "liveness",
+                            _K.TASK,
+                            "storage liveness loop",
+                            "heartbeat + refresh; ends at once on eviction",
+                        ),
+                        ScopeNode(
+                            "heartbeat",
+                            _K.TASK,
+                            "scheduler heartbeat loop",
+                            "runs through the drain, so the scheduler keeps the worker alive",
                         ),
                     ),
+                ),
+                ScopeNode(
+                    "slot",
+                    _K.TASK,
+                    "one task per busy slot",
+                    "performs the slot's calls one after another while each answer asks for"
+                    " the next (poll, register, execute, backoff sleep)",
+                    (
+                        ScopeNode(
+                            "call",
+                            _K.CANCEL_SCOPE,
+                            "call scope (one per call)",
+                            "a stop cancels a poll, registration or sleep; eviction or a forced"
+                            " stop cancels an execution, killing its process group",
+                        ),
+                    ),
+                ),
+                ScopeNode(
+                    "reports",
+                    _K.NURSERY,
+                    "report nursery",
+                    "a forced stop cancels it: each abandoned report is logged with its ids",
+                    (
+                        ScopeNode(
+                            "report",
+                            _K.TASK,
+                            "one task per report",
+                            "retried with backoff while the session holds",
+                        ),
+                    ),
+                ),
+                ScopeNode(
+                    "deadline",
+                    _K.TASK,
+                    "drain deadline timer",
+                    "armed when draining begins; when it fires the core forces the stop",
+                ),
+                ScopeNode(
+                    "shutdown",
+                    _K.CANCEL_SCOPE,
+                    "Shutdown budget scope",
+                    "one Shutdown with every pending record once both loops ended; transient"
+                    " errors retried within shutdown.rpc_budget_sec",
                 ),
             ),
         ),
         ScopeNode(
-            "shutdown",
+            "outer",
             _K.CANCEL_SCOPE,
-            "shutdown budget scope",
-            "after the loops are joined: one Shutdown with every pending record, transient"
-            " retries within shutdown.rpc_budget_sec",
+            "shielded goodbye",
+            "only after an outer cancellation: a Shutdown bounded to one second",
         ),
     ),
 )

@@ -1,6 +1,6 @@
 """Render the statecharts to Mermaid and DOT sources, deterministically, from the tables as data.
 
-The two state machines go through ``transitions``' own diagram support
+The three state machines go through ``transitions``' own diagram support
 (:class:`transitions.extensions.diagrams.GraphMachine` with graph engines ``"mermaid"`` and
 ``"graphviz"``), fed from the same tables the runtime uses. The nursery tree has no state machine
 behind it, so it is written directly: Mermaid by hand, DOT through the ``graphviz`` package.
@@ -15,13 +15,14 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from worker.core.machine import INITIAL_STATE, TERMINAL_STATES, TRANSITIONS, State
-from worker.statecharts.lifecycle import (
+from worker.core.lifecycle import (
     ASSIGNMENT_FINAL_STATES,
     ASSIGNMENT_INITIAL_STATE,
     ASSIGNMENT_TRANSITIONS,
     AssignmentState,
 )
+from worker.core.machine import INITIAL_STATE, TERMINAL_STATES, TRANSITIONS, State
+from worker.core.phases import FINAL_PHASE, INITIAL_PHASE, PHASE_MOVES, Phase
 from worker.statecharts.nurseries import NURSERY_TREE, ScopeKind, ScopeNode, walk
 
 __all__ = [
@@ -30,13 +31,14 @@ __all__ = [
     "MachineSpec",
     "assignment_spec",
     "nursery_sources",
+    "phases_spec",
     "render_all",
     "render_machine",
     "worker_spec",
 ]
 
 #: Chart name -> file stem under ``statecharts/``, in generation order.
-CHART_NAMES: Final = ("worker", "assignment", "nurseries")
+CHART_NAMES: Final = ("worker", "phases", "assignment", "nurseries")
 
 # Graphviz names for the pseudo-states that mark where a machine starts and ends.
 _START_NODE: Final = "__start__"
@@ -63,9 +65,9 @@ class ChartSources:
 
 
 def worker_spec() -> MachineSpec:
-    """The main loop, straight from :data:`worker.core.machine.TRANSITIONS`."""
+    """One slot's main loop (each slot runs a copy): :data:`worker.core.machine.TRANSITIONS`."""
     return MachineSpec(
-        title="worker main loop",
+        title="slot main loop (one copy per slot)",
         states=tuple(state.value for state in State),
         transitions=tuple((t.trigger.value, t.source.value, t.dest.value) for t in TRANSITIONS),
         initial=INITIAL_STATE.value,
@@ -73,8 +75,19 @@ def worker_spec() -> MachineSpec:
     )
 
 
+def phases_spec() -> MachineSpec:
+    """The worker as a whole: boot, drain, Shutdown, from :data:`worker.core.phases.PHASE_MOVES`."""
+    return MachineSpec(
+        title="worker phases: boot, drain, Shutdown",
+        states=tuple(phase.value for phase in Phase),
+        transitions=tuple((m.trigger.value, m.source.value, m.dest.value) for m in PHASE_MOVES),
+        initial=INITIAL_PHASE.value,
+        finals=(FINAL_PHASE.value,),
+    )
+
+
 def assignment_spec() -> MachineSpec:
-    """The life of one assignment, from :data:`ASSIGNMENT_TRANSITIONS`.
+    """The life of one assignment, from the table the core enforces (:mod:`worker.core.lifecycle`).
 
     Moves that differ only in the main-loop move they ride on are drawn once.
     """
@@ -201,6 +214,7 @@ def render_all(names: Sequence[str] = CHART_NAMES) -> dict[str, str]:
     """Every generated source file: ``{file name: text}`` (``worker.mmd``, ``worker.dot``, ...)."""
     charts: dict[str, Callable[[], ChartSources]] = {
         "worker": lambda: render_machine(worker_spec()),
+        "phases": lambda: render_machine(phases_spec()),
         "assignment": lambda: render_machine(assignment_spec()),
         "nurseries": nursery_sources,
     }

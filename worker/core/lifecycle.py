@@ -1,28 +1,35 @@
-"""The life of one assignment, declared as data next to the worker's own transition table.
+"""The life of one assignment: its states, the declared moves, and the core's tracker of them.
 
-The worker's table (:mod:`worker.core.machine`) describes the main loop; this one follows a single
-assignment from the ``NextTask`` reply that carries it to its acknowledgement (protocol.md
-sections 6.5 and 6.6). Where the two overlap, each assignment move names the main-loop move it
-rides on, and ``tests/test_statecharts.py`` checks the pair against :data:`TRANSITIONS`.
+The worker's table (:mod:`worker.core.machine`) describes each slot's main loop; this one follows
+a single assignment from the ``NextTask`` reply that carries it to its acknowledgement
+(protocol.md sections 6.5 and 6.6). The core moves every assignment it holds through
+:class:`AssignmentLifecycles`, which refuses any move :data:`ASSIGNMENT_TRANSITIONS` does not
+declare, so the assignment statechart drawn from this table is the states the core really holds.
+Where the two tables overlap, each assignment move names the slot move it rides on, and
+:func:`overlap_errors` (run by ``tests/test_statecharts.py``) checks the pair.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
 
 from worker.core.machine import TRANSITIONS, State, Transition, Trigger
+from worker.core.story import AssignmentKey
 
 __all__ = [
+    "ACK_SOURCES",
     "ASSIGNMENT_FINAL_STATES",
     "ASSIGNMENT_INITIAL_STATE",
     "ASSIGNMENT_TRANSITIONS",
     "HELD_IN",
     "overlap_errors",
     "AssignmentEvent",
+    "AssignmentLifecycles",
+    "IllegalAssignmentMove",
     "AssignmentMove",
     "AssignmentState",
 ]
@@ -30,6 +37,10 @@ __all__ = [
 
 class AssignmentState(enum.Enum):
     """Where one assignment stands (its record, if any, is in the pending-ack queue)."""
+
+    # Members are singletons compared by identity: hash them by identity too, in C, since the
+    # core looks moves up in sets on every step of every assignment (Enum's own hash is Python).
+    __hash__ = object.__hash__
 
     RECEIVED = "Received"  # a NextTask reply carried it
     REGISTERING = "Registering"  # RegisterTaskInstance in flight or in retry backoff
@@ -44,6 +55,8 @@ class AssignmentState(enum.Enum):
 
 class AssignmentEvent(enum.Enum):
     """What moves one assignment; several share a main-loop trigger."""
+
+    __hash__ = object.__hash__  # identity, as AssignmentState's
 
     STALE_SESSION = "stale_session"  # M2: s < tracker
     ACCEPTED = "accepted"  # M2: s >= tracker
@@ -78,7 +91,7 @@ class AssignmentMove:
     worker: Transition | None = None
 
 
-#: The main-loop state an assignment in this state is held in (the main loop holds at most one).
+#: The slot state an assignment in this state is held in (a slot holds at most one).
 HELD_IN: Final[dict[AssignmentState, State]] = {
     AssignmentState.RECEIVED: State.AWAITING,
     AssignmentState.REGISTERING: State.REGISTERING,
@@ -151,6 +164,13 @@ ASSIGNMENT_TRANSITIONS: Final[tuple[AssignmentMove, ...]] = (
         _A.REGISTERING,
         _A.NEVER_ACKED,
         Transition(Trigger.EVICT, State.REGISTERING, State.DRAINING),
+    ),
+    # With several slots, a fatal error in one slot stops another slot's registration.
+    AssignmentMove(
+        _E.CANCELLED,
+        _A.REGISTERING,
+        _A.NEVER_ACKED,
+        Transition(Trigger.FAIL, State.REGISTERING, State.DRAINING),
     ),
     AssignmentMove(_E.EXECUTE, _A.REGISTERED, _A.EXECUTING),
     AssignmentMove(
@@ -240,3 +260,70 @@ def overlap_errors(
         ):
             errors.append(f"worker move {transition} touches an assignment but is not drawn")
     return sorted(errors)
+
+
+#: The states an acknowledgement moves on from; earlier (several slots: another slot's poll
+#: carried the record while the task still runs) it is taken as soon as one of them is reached.
+ACK_SOURCES: Final = frozenset(
+    move.source for move in ASSIGNMENT_TRANSITIONS if move.event is AssignmentEvent.ACK
+)
+
+_DECLARED_MOVES: Final = frozenset(
+    (move.event, move.source, move.dest) for move in ASSIGNMENT_TRANSITIONS
+)
+
+#: Called after every move with ``(key, event, source, dest)``.
+AssignmentHook = Callable[[AssignmentKey, AssignmentEvent, AssignmentState, AssignmentState], None]
+
+
+class IllegalAssignmentMove(RuntimeError):
+    """A move :data:`ASSIGNMENT_TRANSITIONS` does not declare: always a bug in the core."""
+
+
+class AssignmentLifecycles:
+    """The state of every assignment the core still follows; final ones are forgotten.
+
+    An assignment is followed from its arrival until it is acknowledged or will never be; the
+    ones waiting for their acknowledgement are bounded by the ledger's pending records.
+    """
+
+    def __init__(self, hook: AssignmentHook | None = None) -> None:
+        self._states: dict[AssignmentKey, AssignmentState] = {}
+        self._acked_early: set[AssignmentKey] = set()
+        self._hook = hook
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def state(self, key: AssignmentKey) -> AssignmentState | None:
+        """Where ``key`` stands (``None``: not followed, or already final)."""
+        return self._states.get(key)
+
+    def arrive(self, key: AssignmentKey) -> None:
+        """A ``NextTask`` reply carried assignment ``key``."""
+        self._states[key] = ASSIGNMENT_INITIAL_STATE
+
+    def move(self, key: AssignmentKey, event: AssignmentEvent, dest: AssignmentState) -> None:
+        """Move ``key`` on ``event`` to ``dest``; an undeclared move raises (a bug)."""
+        source = self._states[key]
+        if (event, source, dest) not in _DECLARED_MOVES:
+            raise IllegalAssignmentMove(f"{event.value}: {source.value} -> {dest.value}")
+        if self._hook is not None:
+            self._hook(key, event, source, dest)
+        if dest in ASSIGNMENT_FINAL_STATES:
+            del self._states[key]
+            self._acked_early.discard(key)
+            return
+        self._states[key] = dest
+        if dest in ACK_SOURCES and key in self._acked_early:
+            self.move(key, AssignmentEvent.ACK, AssignmentState.ACKNOWLEDGED)
+
+    def acknowledge(self, key: AssignmentKey) -> None:
+        """The record of ``key`` went out on an OK ``NextTask`` or in ``Shutdown``."""
+        state = self._states.get(key)
+        if state is None:
+            return
+        if state in ACK_SOURCES:
+            self.move(key, AssignmentEvent.ACK, AssignmentState.ACKNOWLEDGED)
+        else:
+            self._acked_early.add(key)

@@ -305,3 +305,46 @@ async def test_every_rpc_of_every_client_has_a_deadline(
     # rpc_timeout_sec (7 s); the sample NextTask waits 0 ms. The header rounds up slightly.
     assert left is not None
     assert 2 < left <= 7.5
+
+
+async def test_sequential_calls_start_no_thread_and_the_parked_call_stays_off_the_wire(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.reply(METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT], b"")
+    before = client_threads()
+    pool = ChannelPool("127.0.0.1", server.port, 2, ChannelOptions())
+    try:
+        assert all(parked is not None for parked in pool.parked)
+        scheduler = Clients.over(pool).scheduler
+        with trio.fail_after(30):
+            for _ in range(4):  # warm up: connect both channels
+                await scheduler.heartbeat(EM_ID)
+            started: list[str] = []
+            original_start = threading.Thread.start
+
+            def counting_start(thread: threading.Thread) -> None:
+                started.append(thread.name)
+                original_start(thread)
+
+            monkeypatch.setattr(threading.Thread, "start", counting_start)
+            for _ in range(100):  # one at a time: each finds its channel otherwise idle
+                await scheduler.heartbeat(EM_ID)
+            monkeypatch.undo()
+        assert started == []
+        # Only the real calls reached the server: the parked ones open no stream.
+        assert {call.method for call in server.calls()} == {METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT]}
+    finally:
+        pool.close()
+    assert all(parked is not None and parked.done for parked in pool.parked)
+    # Closing the channels ends the parked calls and with them the completion threads.
+    assert threads_down_to(len(before), within_sec=10), (before, client_threads())
+
+
+def threads_down_to(count: int, within_sec: float) -> bool:
+    """Whether the client threads fall to ``count`` within ``within_sec`` (blocks meanwhile)."""
+    deadline = time.monotonic() + within_sec
+    while len(client_threads()) > count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

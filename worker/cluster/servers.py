@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from typing import Any, Final, TypeVar
 
 import attrs
 import grpc
 
 from worker.cluster.admin import add_admin_service
+from worker.cluster.callpool import CallPool
 from worker.cluster.scheduler import (
     SchedulerBusy,
     SchedulerClosed,
@@ -599,7 +599,7 @@ def listen(host: str, port: int, threads: int) -> Listener:
     starts threads only as calls need them.
     """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        CallPool(max_workers=threads, thread_name_prefix="grpc"),
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", SERVER_RECEIVE_LIMIT),

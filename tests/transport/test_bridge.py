@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import grpc
+import grpc._channel as grpc_channel_module
 import pytest
 import trio
 
@@ -311,39 +312,44 @@ async def test_sequential_calls_start_no_thread_and_the_parked_call_stays_off_th
     server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.reply(METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT], b"")
-    before = client_threads()
     pool = ChannelPool("127.0.0.1", server.port, 2, ChannelOptions())
+    states = [channel._call_state for channel in pool.channels]
     try:
         assert all(parked is not None for parked in pool.parked)
         scheduler = Clients.over(pool).scheduler
         with trio.fail_after(30):
             for _ in range(4):  # warm up: connect both channels
                 await scheduler.heartbeat(EM_ID)
-            started: list[str] = []
-            original_start = threading.Thread.start
+            # grpcio starts a channel's completion thread through this function whenever a call
+            # finds the channel without a call in flight.
+            spin_starts: list[object] = []
+            original = grpc_channel_module._run_channel_spin_thread
 
-            def counting_start(thread: threading.Thread) -> None:
-                started.append(thread.name)
-                original_start(thread)
+            def counting(state: Any) -> None:
+                if any(state is ours for ours in states):
+                    spin_starts.append(state)
+                original(state)
 
-            monkeypatch.setattr(threading.Thread, "start", counting_start)
+            monkeypatch.setattr(grpc_channel_module, "_run_channel_spin_thread", counting)
             for _ in range(100):  # one at a time: each finds its channel otherwise idle
                 await scheduler.heartbeat(EM_ID)
             monkeypatch.undo()
-        assert started == []
+        assert spin_starts == []
+        assert all(state.managed_calls == 1 for state in states)  # the parked call alone
         # Only the real calls reached the server: the parked ones open no stream.
         assert {call.method for call in server.calls()} == {METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT]}
     finally:
         pool.close()
     assert all(parked is not None and parked.done for parked in pool.parked)
-    # Closing the channels ends the parked calls and with them the completion threads.
-    assert threads_down_to(len(before), within_sec=10), (before, client_threads())
+    # Closing the channels ends the parked calls and with them the completion threads, which
+    # return once their channel has no call left.
+    assert calls_drained(states, within_sec=10), [state.managed_calls for state in states]
 
 
-def threads_down_to(count: int, within_sec: float) -> bool:
-    """Whether the client threads fall to ``count`` within ``within_sec`` (blocks meanwhile)."""
+def calls_drained(states: list[Any], within_sec: float) -> bool:
+    """Whether every channel's count of calls in flight falls to 0 within ``within_sec``."""
     deadline = time.monotonic() + within_sec
-    while len(client_threads()) > count:
+    while any(state.managed_calls for state in states):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import grpc
+import grpc._channel as grpc_channel_module
 import pytest
 import trio
 
@@ -305,3 +306,52 @@ async def test_every_rpc_of_every_client_has_a_deadline(
     # rpc_timeout_sec (7 s); the sample NextTask waits 0 ms. The header rounds up slightly.
     assert left is not None
     assert 2 < left <= 7.5
+
+
+async def test_sequential_calls_start_no_thread_and_the_parked_call_stays_off_the_wire(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.reply(METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT], b"")
+    pool = ChannelPool("127.0.0.1", server.port, 2, ChannelOptions())
+    states = [channel._call_state for channel in pool.channels]
+    try:
+        assert all(parked is not None for parked in pool.parked)
+        scheduler = Clients.over(pool).scheduler
+        with trio.fail_after(30):
+            for _ in range(4):  # warm up: connect both channels
+                await scheduler.heartbeat(EM_ID)
+            # grpcio starts a channel's completion thread through this function whenever a call
+            # finds the channel without a call in flight.
+            spin_starts: list[object] = []
+            original = grpc_channel_module._run_channel_spin_thread
+
+            def counting(state: Any) -> None:
+                if any(state is ours for ours in states):
+                    spin_starts.append(state)
+                original(state)
+
+            monkeypatch.setattr(grpc_channel_module, "_run_channel_spin_thread", counting)
+            for _ in range(100):  # one at a time: each finds its channel otherwise idle
+                await scheduler.heartbeat(EM_ID)
+            monkeypatch.undo()
+        assert spin_starts == []
+        # The parked call alone stays (grpcio counts a call out just after its answer is out).
+        assert calls_settle_at(states, 1, within_sec=10), [s.managed_calls for s in states]
+        # Only the real calls reached the server: the parked ones open no stream.
+        assert {call.method for call in server.calls()} == {METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT]}
+    finally:
+        pool.close()
+    assert all(parked is not None and parked.done for parked in pool.parked)
+    # Closing the channels ends the parked calls and with them the completion threads, which
+    # return once their channel has no call left.
+    assert calls_settle_at(states, 0, within_sec=10), [s.managed_calls for s in states]
+
+
+def calls_settle_at(states: list[Any], count: int, within_sec: float) -> bool:
+    """Whether every channel's count of calls in flight comes to ``count`` within ``within_sec``."""
+    deadline = time.monotonic() + within_sec
+    while any(state.managed_calls != count for state in states):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -16,13 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from typing import Any, Final, TypeVar
 
 import attrs
 import grpc
 
 from worker.cluster.admin import add_admin_service
+from worker.cluster.callpool import CallPool
 from worker.cluster.scheduler import (
     SchedulerBusy,
     SchedulerClosed,
@@ -482,14 +482,25 @@ class _Scheduler(_Hooked, scheduler_pb2_grpc.SchedulerServiceServicer):
             ack: tuple[int, int] | None = None
             if request.HasField("prev_assignment"):
                 ack = (request.prev_assignment.id, getattr(request.prev_assignment, "from"))
-            # A client that gives up (cancel, deadline) wakes the wait so the thread is freed.
-            context.add_callback(self.engine.wake)
-            assignment = self.engine.next_task(
-                request.execution_manager_id,
-                ack,
-                request.wait_time_ms / 1000,
-                is_cancelled=lambda: not context.is_active(),
-            )
+            # A client that gives up (cancel, deadline) wakes the wait so the thread is freed;
+            # a call that already returned wakes nobody (every other long poll would wake and
+            # wait again for nothing).
+            waiting = [True]
+
+            def on_termination() -> None:
+                if waiting[0]:
+                    self.engine.wake()
+
+            context.add_callback(on_termination)
+            try:
+                assignment = self.engine.next_task(
+                    request.execution_manager_id,
+                    ack,
+                    request.wait_time_ms / 1000,
+                    is_cancelled=lambda: not context.is_active(),
+                )
+            finally:
+                waiting[0] = False
             if assignment is None:
                 return scheduler_pb2.NextTaskResponse(no_task=common_pb2.Void())
             return scheduler_pb2.NextTaskResponse(
@@ -588,7 +599,7 @@ def listen(host: str, port: int, threads: int) -> Listener:
     starts threads only as calls need them.
     """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        CallPool(max_workers=threads, thread_name_prefix="grpc"),
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", SERVER_RECEIVE_LIMIT),

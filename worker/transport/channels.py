@@ -2,7 +2,8 @@
 
 Spider opens several channels per server to spread load over HTTP/2 connections; the pool has no
 wire meaning. Each channel gets its own subchannel pool so the channels really are separate
-connections instead of sharing one.
+connections instead of sharing one, and a parked call (:mod:`.parking`) that keeps grpcio's
+completion thread of the channel alive between calls.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 import trio
 
 from worker.transport.bridge import await_future
+from worker.transport.parking import ParkedCall, park
 
 __all__ = ["ChannelOptions", "ChannelPool", "StubPool"]
 
@@ -62,6 +64,8 @@ class ChannelPool:
         self._channels: tuple[Any, ...] = tuple(
             grpc.insecure_channel(self.target, options=options.as_grpc()) for _ in range(size)
         )
+        #: One parked call per channel (None where grpcio did not allow it); close ends them.
+        self.parked: tuple[ParkedCall | None, ...] = tuple(park(c) for c in self._channels)
         self._closed = False
 
     @property

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from worker.cluster.remote import STORAGE_RESTARTING_CODES
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES
 from worker.command_line import command_parser, invoked_prog, log_when_asked
@@ -41,10 +42,6 @@ EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 _RPC_TIMEOUT_SEC: Final = 10.0
 _TERMINAL: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
-#: Statuses a restarting or briefly unreachable storage answers with: ``--watch`` retries them.
-_TRANSIENT: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
-)
 _Reply = TypeVar("_Reply")
 
 
@@ -381,7 +378,7 @@ def _follow(
         try:
             status = admin.call(admin.stub.GetJobStatus, request)
         except grpc.RpcError as error:
-            if error.code() not in _TRANSIENT:
+            if error.code() not in STORAGE_RESTARTING_CODES:
                 raise
             delay = backoff.next()
             if backoff.attempts == 1:

@@ -17,8 +17,20 @@ from worker.cluster.storage import DEFAULT_RESOURCE_GROUP, JOB_OUTPUTS_MAX_BYTES
 from worker.taskio import GraphOutputsDecodeError, decode_graph_output_values
 from worker.transport._generated.storage import storage_pb2, storage_pb2_grpc
 
-__all__ = ["run_remote", "start_job"]
+__all__ = ["STORAGE_RESTARTING_CODES", "run_remote", "start_job"]
 
+#: What a client following a job hears from a storage that is restarting or briefly unreachable,
+#: and retries: a storage stopping with no grace ends in-flight calls with CANCELLED (the client
+#: itself never cancels them), an unanswered call times out, and a restarted one may be full.
+STORAGE_RESTARTING_CODES: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
 _CALL_TIMEOUT_SEC: Final = 30.0
 _POLL_SEC: Final = 0.2
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 import grpc
 
 from worker.cluster.jobs import JobError, load_job_file
-from worker.cluster.remote import start_job
+from worker.cluster.remote import STORAGE_RESTARTING_CODES, start_job
 from worker.cluster.serve import DEFAULT_STORAGE_PORT
 from worker.cluster.status import fetch_status
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState
@@ -58,14 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Status codes of a storage that is restarting or briefly unreachable: retried while following.
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
 #: The follower's reconnect backoff (seconds): doubled per failed try, reset on success.
 BACKOFF_INITIAL_SEC = 0.1
 BACKOFF_MAX_SEC = 2.0
@@ -155,7 +147,7 @@ class _Follower:
             try:
                 reply = rpc()
             except grpc.RpcError as error:
-                if error.code() not in _TRANSIENT:
+                if error.code() not in STORAGE_RESTARTING_CODES:
                     raise
                 now = time.monotonic()
                 if lost_at is None:

@@ -1,0 +1,59 @@
+"""``submit --wait`` tells a restarting storage from an answer, by status code."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from worker.cluster.remote import STORAGE_RESTARTING_CODES
+from worker.cluster.submit import _Follower
+
+
+class _Status(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+
+def _follower() -> _Follower:
+    channel = grpc.insecure_channel("127.0.0.1:1")  # never dialled: the calls below are fakes
+    follower = _Follower(channel, "127.0.0.1:1", job_id=1, session=1, idle_hint_sec=10.0)
+    follower._deadline = time.monotonic() + 30.0
+    return follower
+
+
+@pytest.mark.parametrize(
+    "code",
+    # CANCELLED is what a storage stopping without grace answers the calls in flight.
+    [grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED],
+)
+def test_a_restarting_storage_is_retried(code: grpc.StatusCode) -> None:
+    failures = [_Status(code), _Status(code)]
+
+    def rpc() -> str:
+        if failures:
+            raise failures.pop()
+        return "answer"
+
+    assert _follower()._call(rpc) == "answer"
+    assert code in STORAGE_RESTARTING_CODES
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INTERNAL]
+)
+def test_an_answer_is_not_retried(code: grpc.StatusCode) -> None:
+    calls = 0
+
+    def rpc() -> str:
+        nonlocal calls
+        calls += 1
+        raise _Status(code)
+
+    with pytest.raises(grpc.RpcError):
+        _follower()._call(rpc)
+    assert calls == 1

@@ -11,7 +11,7 @@ from worker.cluster.remote import STORAGE_RESTARTING_CODES
 from worker.cluster.submit import _Follower
 
 
-class _Status(grpc.RpcError):
+class _Status(grpc.RpcError):  # type: ignore[misc]  # grpc ships no type for RpcError
     def __init__(self, code: grpc.StatusCode) -> None:
         self._code = code
 

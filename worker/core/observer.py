@@ -33,12 +33,14 @@ __all__ = [
 
 @attrs.frozen(slots=True)
 class SlotMoved:
-    """Slot ``slot`` moved from ``source`` to ``dest`` on ``trigger``."""
+    """Slot ``slot`` moved from ``source`` to ``dest`` on ``trigger``; ``key``: the assignment
+    it holds after the move (``None`` when it holds none)."""
 
     slot: int
     source: State
     dest: State
     trigger: Trigger
+    key: AssignmentKey | None = None
 
 
 @attrs.frozen(slots=True)

@@ -957,7 +957,9 @@ class WorkerCore:
     def _slot_hook(self, index: int) -> Callable[[State, State, Trigger], None]:
         def hook(source: State, dest: State, trigger: Trigger) -> None:
             if self._notices is not None:
-                self._notices.append(SlotMoved(index, source, dest, trigger))
+                held = self._slots[index].assignment
+                key = None if held is None else held.key
+                self._notices.append(SlotMoved(index, source, dest, trigger, key))
 
         return hook
 

@@ -63,7 +63,8 @@ class StoryNoted:
 
 @attrs.frozen(slots=True)
 class RecordsChanged:
-    """The ledger now holds ``pending`` records; ``acknowledged`` left it on a completed poll."""
+    """``pending`` records wait for their acknowledgement; ``acknowledged`` (a running total)
+    left on a completed poll or in the batch of a ``Shutdown`` that returned OK."""
 
     pending: int
     acknowledged: int

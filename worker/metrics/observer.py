@@ -185,6 +185,8 @@ class MetricsObserver:
 
     def _assignment_moved(self, notice: AssignmentMoved) -> None:
         key = notice.key
+        # The core's own notion of "held in a slot"; its Received never outlives one event
+        # (every arrival moves on in the same step), so only 6.12's busy states remain.
         if notice.dest in HELD_IN:
             self._held.add(key)
         else:

@@ -37,6 +37,7 @@ from worker.transport.connections import ClusterConnections, ConnectFailed
 if TYPE_CHECKING:  # the metrics modules load only when `metrics` is configured
     from worker.metrics import WorkerMetrics
     from worker.metrics.instrumented import PortInstruments
+    from worker.metrics.observer import MetricsObserver
 
 __all__ = ["main", "run_worker"]
 
@@ -106,6 +107,7 @@ async def run_worker(
     latch: SignalLatch | None = None,
     *,
     instruments: PortInstruments | None = None,
+    observer: MetricsObserver | None = None,
 ) -> ExitCode:
     """Run one worker with ``config`` until it stops; return its exit code.
 
@@ -114,7 +116,7 @@ async def run_worker(
     after the runtime returned. A signal before the runtime took over aborts the boot: exit 0.
     Signals recorded by ``latch`` before trio listened count as arriving at the start.
     With ``instruments``, the runtime's ports are the instrumented ones and a stop signal
-    ends readiness before the runtime hears of it.
+    ends readiness before the runtime hears of it; ``observer`` receives the core's notices.
     """
     connections = ClusterConnections(
         storage=(config.storage.host, config.storage.port),
@@ -132,7 +134,7 @@ async def run_worker(
                     await signals.start(
                         _forward_signals, _observed_stop(stopper, instruments), latch
                     )
-                    return await _serve(config, connections, stopper, instruments)
+                    return await _serve(config, connections, stopper, instruments, observer)
                 logger.info("stopped during boot: nothing was registered")
                 return ExitCode.OK
             finally:
@@ -148,6 +150,7 @@ async def _serve(
     connections: ClusterConnections,
     stopper: _Stopper,
     instruments: PortInstruments | None = None,
+    observer: MetricsObserver | None = None,
 ) -> ExitCode:
     try:
         async with open_pool(config.to_pool_settings()) as pool:
@@ -195,6 +198,7 @@ async def _serve(
                 storage=storage,
                 liveness=liveness,
                 open_executor=lambda: _already_open(executor),
+                observer=observer,
             )
             stopper.hand_over(runtime.request_stop)
             return await runtime.run()
@@ -221,7 +225,7 @@ async def _serve(
         return ExitCode.FATAL
 
 
-# --- Metrics (protocol.md 6.13): instrumented ports, watchdog, the tests' fault hook --------
+# --- Metrics (protocol.md 6.13): instrumented ports, the core's observer, watchdog, fault hook -
 
 
 def _observed_stop(
@@ -242,9 +246,10 @@ async def _run_with_metrics(
     config: WorkerConfig,
     latch: SignalLatch | None,
     metrics: WorkerMetrics,
+    observer: MetricsObserver,
     block_loop_sec: float | None,
 ) -> ExitCode:
-    """``run_worker`` with instrumented ports, and the watchdog ticking beside it."""
+    """``run_worker`` with instrumented ports and ``observer``, the watchdog ticking beside."""
     from worker.metrics import run_watchdog
     from worker.metrics.faults import block_loop_after_registration
     from worker.metrics.instrumented import PortInstruments
@@ -254,7 +259,7 @@ async def _run_with_metrics(
         beside.start_soon(run_watchdog, metrics.health)
         if block_loop_sec is not None:
             beside.start_soon(block_loop_after_registration, instruments, block_loop_sec)
-        code = await run_worker(config, latch, instruments=instruments)
+        code = await run_worker(config, latch, instruments=instruments, observer=observer)
         beside.cancel_scope.cancel()
     return code
 
@@ -302,9 +307,14 @@ def main(argv: Sequence[str]) -> int:
         except FaultHookError as error:
             print(error, file=sys.stderr)
             return ExitCode.CONFIG
-        metrics = WorkerMetrics()
+        from worker.metrics.observer import MetricsObserver
+
+        metrics = WorkerMetrics(slots=config.slots)
+        observer = MetricsObserver(metrics, slots=config.slots)
         try:
-            metrics_server = serve_metrics(config.metrics.host, config.metrics.port, metrics)
+            metrics_server = serve_metrics(
+                config.metrics.host, config.metrics.port, metrics, observer.assignments
+            )
         except MetricsBindError as error:
             logger.error("boot failed: %s", error)
             return ExitCode.FATAL
@@ -312,7 +322,7 @@ def main(argv: Sequence[str]) -> int:
         if metrics_server is None:
             code = trio.run(run_worker, config, latch)
         else:
-            code = trio.run(_run_with_metrics, config, latch, metrics, block_loop_sec)
+            code = trio.run(_run_with_metrics, config, latch, metrics, observer, block_loop_sec)
     except Exception:
         logger.critical("internal error", exc_info=True)
         return ExitCode.FATAL

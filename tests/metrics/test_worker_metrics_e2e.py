@@ -160,6 +160,83 @@ def test_values_move_before_during_and_after_jobs(e2e: E2E) -> None:
     assert e2e.wait_job(long) is JobState.SUCCEEDED
 
 
+def slot_states(samples: Samples, slots: int) -> list[str]:
+    """The state whose ``worker_slot_state`` series is 1, for each slot (one state each)."""
+    states = []
+    for slot in range(slots):
+        current = [
+            dict(labels)["state"]
+            for (name, labels), sample in samples.items()
+            if name == "worker_slot_state" and dict(labels)["slot"] == str(slot) and sample == 1
+        ]
+        assert len(current) == 1, (slot, current)
+        states.append(current[0])
+    return states
+
+
+def test_two_slots_two_long_tasks_per_slot_series_and_assignments(e2e: E2E) -> None:
+    worker, _em_id = e2e.start_worker(metrics=LOOPBACK_ANY_PORT, slots=2)
+    port = wait_metrics_port(worker.log_path)
+    wait_for(lambda: status(port, "/readyz") == 200, 10, "/readyz to answer 200")
+    before = scrape(port)
+    assert value(before, "worker_slots") == 2
+    for slot in ("0", "1"):  # every state of every slot is a series of its own
+        for state in ("Idle", "Awaiting", "Registering", "Executing", "Draining", "Stopped"):
+            assert ("worker_slot_state", (("slot", slot), ("state", state))) in before
+    # Both slots poll (a scrape may fall between the moves of one empty answer: Idle).
+    assert set(slot_states(before, 2)) <= {"Idle", "Awaiting"}
+    acknowledged_before = value(before, "worker_records_acknowledged_total")
+
+    naps = [
+        e2e.submit(
+            JobBuilder(f"nap{n}", package_dir=TASKS_DIR)
+            .task("nap", "cluster_tasks", "sleepy", [3.0, n])
+            .build()
+        )
+        for n in (1, 2)
+    ]
+    during: list[Samples] = []
+
+    def both_busy() -> bool:
+        during[:] = [scrape(port)]
+        executing = slot_states(during[0], 2) == ["Executing", "Executing"]
+        return executing and value(during[0], "worker_slots_busy") == 2
+
+    wait_for(both_busy, 30, "both slots busy, executing the two sleeping tasks")
+    code, content_type, body = get(port, "/assignments")
+    assert (code, content_type) == (200, "application/json")
+    held = json.loads(body)["slots"]
+    assert [slot["slot"] for slot in held] == [0, 1]
+    assert all(slot["state"] == "Executing" and slot["assignment"] for slot in held)
+    assert held[0]["assignment"] != held[1]["assignment"]
+
+    for job in naps:
+        assert e2e.wait_job(job) is JobState.SUCCEEDED
+    after: list[Samples] = []
+
+    def acknowledged() -> bool:
+        after[:] = [scrape(port)]
+        samples = after[0]
+        return (
+            value(samples, "worker_records_pending") == 0
+            and value(samples, "worker_slots_busy") == 0
+            and value(samples, "worker_records_acknowledged_total") >= acknowledged_before + 2
+        )
+
+    wait_for(acknowledged, 30, "both records to be acknowledged")
+    reply = json.loads(get(port, "/assignments")[2])
+    assert [slot["slot"] for slot in reply["slots"]] == [0, 1]
+    recent = {item["assignment"]: item for item in reply["recent"]}
+    for slot in held:  # the two naps' stories, from arrival to acknowledgement
+        item = recent[slot["assignment"]]
+        events = [entry["event"] for entry in item["story"]]
+        assert events[0] == "received", events
+        assert "Executing -> OutcomeReported" in events, events
+        assert item["state"] == "Acknowledged", item
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(60) == 0
+
+
 def test_not_ready_while_storage_cannot_be_reached(tmp_path: Path) -> None:
     """Before registration the probe answers 503: here registration cannot happen at all."""
     with socket.socket() as closed:

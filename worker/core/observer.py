@@ -33,12 +33,14 @@ __all__ = [
 
 @attrs.frozen(slots=True)
 class SlotMoved:
-    """Slot ``slot`` moved from ``source`` to ``dest`` on ``trigger``."""
+    """Slot ``slot`` moved from ``source`` to ``dest`` on ``trigger``; ``key``: the assignment
+    it holds after the move (``None`` when it holds none)."""
 
     slot: int
     source: State
     dest: State
     trigger: Trigger
+    key: AssignmentKey | None = None
 
 
 @attrs.frozen(slots=True)
@@ -61,7 +63,8 @@ class StoryNoted:
 
 @attrs.frozen(slots=True)
 class RecordsChanged:
-    """The ledger now holds ``pending`` records; ``acknowledged`` left it on a completed poll."""
+    """``pending`` records wait for their acknowledgement; ``acknowledged`` (a running total)
+    left on a completed poll or in the batch of a ``Shutdown`` that returned OK."""
 
     pending: int
     acknowledged: int

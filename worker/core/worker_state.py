@@ -215,6 +215,9 @@ class WorkerCore:
         self._exit_code: ExitCode | None = None
         self._out: list[Action] = []
         self._ledger_seen = (0, 0)
+        # Records an OK Shutdown delivered (its batch closes the ledger, which keeps them);
+        # None until Shutdown returned OK.
+        self._shutdown_delivered: int | None = None
 
     # --- introspection -----------------------------------------------------------------------
 
@@ -304,7 +307,11 @@ class WorkerCore:
         return out
 
     def _ledger_view(self) -> tuple[int, int]:
-        return (len(self._ledger.pending), self._ledger.acknowledged)
+        """``(pending, acknowledged)`` as observers see them: an OK Shutdown delivers its batch."""
+        delivered = self._shutdown_delivered
+        if delivered is None:
+            return (len(self._ledger.pending), self._ledger.acknowledged)
+        return (0, self._ledger.acknowledged + delivered)
 
     # --- boot ----------------------------------------------------------------------------------
 
@@ -848,6 +855,7 @@ class WorkerCore:
 
     def _on_shutdown_answered(self, _event: ShutdownAnswered) -> None:
         logger.info("Shutdown sent", extra={"fields": self._shutdown_fields()})
+        self._shutdown_delivered = len(self._ledger.pending)
         self._exit_after_shutdown()
 
     def _on_shutdown_failed(self, event: ShutdownFailed) -> None:
@@ -957,7 +965,9 @@ class WorkerCore:
     def _slot_hook(self, index: int) -> Callable[[State, State, Trigger], None]:
         def hook(source: State, dest: State, trigger: Trigger) -> None:
             if self._notices is not None:
-                self._notices.append(SlotMoved(index, source, dest, trigger))
+                held = self._slots[index].assignment
+                key = None if held is None else held.key
+                self._notices.append(SlotMoved(index, source, dest, trigger, key))
 
         return hook
 

@@ -1,47 +1,39 @@
-"""Feeds :class:`~worker.metrics.instruments.WorkerMetrics` from outside the runtime.
+"""Feeds :class:`~worker.metrics.instruments.WorkerMetrics` from the runtime's ports.
 
-The runtime talks to the world only through its ports (``worker.core.ports``). Wrapping each
-port in a decorator that forwards every call unchanged and watches what goes in and comes out
-is enough to count most of protocol.md section 6.13 without the runtime knowing: the decorators
-are black boxes with the port's exact signature, so the runtime (and any rewrite of it) takes
-them where it took the bare clients.
-
-One :class:`PortInstruments` holds the state the decorators share (the session learned, the
-records, which assignments are held, which reports are owed) and hands out the decorators:
+The runtime talks to the world only through its ports (``worker.core.ports``). Each decorator
+here forwards every call unchanged and counts only what is plainly visible at that boundary: a
+call, its answer or its error. Whatever depends on a protocol decision (which records are
+pending, which slots are busy, the state of each slot, drains, stale sessions) comes from the
+core itself, through :class:`~worker.metrics.observer.MetricsObserver`. The decorators have the
+port's exact signature, so the runtime takes them where it took the bare clients.
 
 ========================  ==========================================================
 metric                    fed from
 ========================  ==========================================================
-assignments received      ``next_task`` returned an assignment
-records acknowledged      ``next_task`` carrying a record returned OK (or a malformed OK
-                          answer: the call completed); ``shutdown`` returned OK
-records pending           mirror of the acknowledgement FIFO: a record enters when its
-                          registration is resolved as consumed (OK, ``NOT_FOUND``,
-                          ``FAILED_PRECONDITION``, malformed context) or when an
-                          assignment arrives with a session below the one learned; it
-                          also enters when seen carried; it leaves when acknowledged
-slots busy                assignments held: from ``next_task`` returning one until its
-                          registration resolves without an instance, or its execution
-                          ends (protocol.md 6.12's definition, observed from the ports)
-tasks finished, duration  ``execute`` returned an outcome: Success, InTaskFailure,
-                          Timeout, ExecutorCrash; duration = the call's span
-reports sent              a report call returned OK
-reports retried           a second report call for the same (session, instance)
-reports dropped           a report answered with a final code; a report call cancelled
-                          (abandoned by a forced stop); a report owed whose session the
-                          worker left behind (gate 2 drops it before its next attempt);
-                          a report still owed when ``shutdown`` starts
-RPC errors                every call that raised: method and status code name
+assignments received      decorator: ``next_task`` returned an assignment
+tasks finished, duration  decorator: ``execute`` returned an outcome (Success,
+                          InTaskFailure, Timeout, ExecutorCrash); duration = the span
+reports sent              decorator: a report call returned OK
+reports retried           decorator: a second report call for the same
+                          (session, instance)
+reports dropped           decorator: a report answered with a final code (anything but
+                          a transport error); a report call cancelled; an outcome whose
+                          report was not settled (never attempted, or last tried with a
+                          transient error) when ``shutdown`` starts
+RPC errors                decorator: every call that raised: method and status code
                           (``MALFORMED_REPLY`` for an OK answer that broke the contract)
-heartbeat failures        a storage or scheduler heartbeat call raised
-session, worker id        ``register`` and every storage heartbeat (highest seen)
-readiness                 ready once ``register`` returned, unless draining began;
-                          not ready from :meth:`PortInstruments.draining_began` and at
-                          ``shutdown``
+heartbeat failures        decorator: a storage or scheduler heartbeat call raised
+session, worker id        decorator: ``register``; every storage heartbeat (highest)
+readiness                 decorator: ready once ``register`` returned, unless draining
+                          began (:meth:`PortInstruments.draining_began`, the service's
+                          stop signal); observer: not ready from ``DrainingBegan``
+state of each slot        observer: ``SlotMoved``
+slots busy                observer: assignments the core holds in a slot
+records pending, acked    observer: ``RecordsChanged``
+``/healthz`` reason (b)   observer: ``HeartbeatLoopStopped`` (neither stopping nor
+                          evicted)
+``/assignments``          observer: its snapshot
 ========================  ==========================================================
-
-Not fed from here (they need the runtime's own observer hook): the state of each slot, a
-heartbeat loop ending unexpectedly, and the ``/assignments`` story.
 
 Every method runs on the trio thread, inline, without awaiting anything of its own, so the
 decorated call behaves exactly as the bare one (cancellation included).
@@ -49,11 +41,11 @@ decorated call behaves exactly as the bare one (cancellation included).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
 
-import attrs
 import trio
 
 from worker.core.ports import (
@@ -64,12 +56,9 @@ from worker.core.ports import (
     StorageClient,
 )
 from worker.errors import (
-    InvalidInputError,
     ProtocolError,
     Rpc,
     RpcError,
-    StaleSessionError,
-    StaleStateError,
     TransportError,
 )
 from worker.metrics.instruments import WorkerMetrics
@@ -105,13 +94,16 @@ __all__ = [
 #: The ``code`` label of an OK answer that broke the contract (``ProtocolError``).
 MALFORMED_REPLY = "MALFORMED_REPLY"
 
-#: An assignment as storage calls see it: the registration carries exactly these.
-_HeldKey = tuple[JobId, TaskId, SessionId]
-#: A record's identity (``TaskAssignmentRecord`` is a frozen value, hashable as is).
-_RecordKey = TaskAssignmentRecord
 _Report = TypeVar("_Report", SuccessReport, FailureReport)
 #: A report's identity: instance ids are unique within one session only.
 _ReportKey = tuple[SessionId, int]
+
+
+class _Settlement(enum.Enum):
+    """Where the report of an outcome the executor returned stands, as the ports saw it."""
+
+    OWED = "owed"  # no call yet, or the last one ended with a transient error
+    IN_FLIGHT = "in_flight"
 
 
 def outcome_label(outcome: Outcome) -> str:
@@ -132,14 +124,6 @@ def _method(rpc: Rpc) -> str:
     return rpc.value.rsplit(".", 1)[1]
 
 
-@attrs.define(slots=True)
-class _OwedReport:
-    """A report the runtime owes storage: an outcome came back and no answer settled it yet."""
-
-    attempts: int = 0
-    in_flight: bool = False
-
-
 class PortInstruments:
     """Shared state of the port decorators and the metrics they move.
 
@@ -156,11 +140,11 @@ class PortInstruments:
         self.registered = trio.Event()
         self._draining = False
         self._session = 0
-        # Insertion-ordered, like the runtime's FIFO (values unused).
-        self._pending: dict[_RecordKey, None] = {}
-        self._held: dict[_HeldKey, TaskAssignmentRecord] = {}
-        self._executing: dict[int, SessionId] = {}  # instance id -> its assignment's session
-        self._owed: dict[_ReportKey, _OwedReport] = {}
+        # Outcomes the executor returned whose report is not settled yet, by instance id (an
+        # execution request carries no session; one worker never runs two instances with one
+        # id at once).
+        self._unsettled: dict[int, _Settlement] = {}
+        self._attempts: dict[_ReportKey, int] = {}
 
     # --- decorators -------------------------------------------------------------------------
 
@@ -196,19 +180,13 @@ class PortInstruments:
     # --- events from outside the ports ----------------------------------------------------------
 
     def draining_began(self) -> None:
-        """The first stop signal arrived: not ready from now on (protocol.md 6.13)."""
+        """The first stop signal arrived: not ready from now on (protocol.md 6.13).
+
+        The service calls this before the runtime hears of the signal, so readiness ends at
+        once; the observer's ``DrainingBegan`` covers the drains the core starts itself.
+        """
         self._draining = True
         self.metrics.set_ready(False)
-
-    @property
-    def records_pending(self) -> int:
-        """The records the mirror holds now."""
-        return len(self._pending)
-
-    @property
-    def slots_busy(self) -> int:
-        """Assignments held now (received, not yet resolved or finished)."""
-        return len(self._held) + len(self._executing)
 
     # --- what the decorators saw ------------------------------------------------------------
 
@@ -216,61 +194,10 @@ class PortInstruments:
         code = error.code.name if isinstance(error, RpcError) else MALFORMED_REPLY
         self.metrics.rpc_error(_method(error.rpc), code)
 
-    def _show_busy(self) -> None:
-        self.metrics.slots_busy(self.slots_busy)
-
-    def _show_pending(self) -> None:
-        self.metrics.records_pending(len(self._pending))
-
-    def _record_consumed(self, record: TaskAssignmentRecord) -> None:
-        self._pending[record] = None
-        self._show_pending()
-
-    def _records_carried(self, records: Sequence[TaskAssignmentRecord]) -> None:
-        # A record the mirror missed (its cause was not observable) is pending all the same.
-        for record in records:
-            self._pending.setdefault(record, None)
-        self._show_pending()
-
-    def _records_acknowledged(self, records: Sequence[TaskAssignmentRecord]) -> None:
-        for record in records:
-            self._pending.pop(record, None)
-        if records:
-            self.metrics.records_acknowledged(len(records))
-        self._show_pending()
-
-    def _assignment_received(self, reply: SchedulerAssignment) -> None:
-        self.metrics.assignment_received()
-        assignment = reply.assignment
-        if self._draining:
-            return  # received after draining began: discarded, never recorded (rule 16)
-        if assignment.session_id < self._session:
-            # Stale: the runtime records it without calling storage (rule 17).
-            self._record_consumed(reply.record)
-            return
-        self._held[(assignment.job_id, assignment.task_id, assignment.session_id)] = reply.record
-        self._show_busy()
-
-    def _registration_resolved(
-        self, key: _HeldKey, *, consumed: bool, context: ExecutionContext | None = None
-    ) -> None:
-        record = self._held.pop(key, None)
-        if consumed and record is not None:
-            self._record_consumed(record)
-        if context is not None:
-            self._executing[context.task_instance_id] = key[2]
-        self._show_busy()
-
     def _learned_session(self, session: int) -> None:
-        if session <= self._session:
-            return
-        self._session = session
-        self.metrics.session(session)
-        # Gate 2: a report owed for an older session is dropped before its next attempt.
-        for key, owed in list(self._owed.items()):
-            if key[0] < session and not owed.in_flight:
-                del self._owed[key]
-                self.metrics.report_dropped()
+        if session > self._session:
+            self._session = session
+            self.metrics.session(session)
 
     def _registered(self, registration: Registration) -> None:
         self._session = max(self._session, registration.session_id)
@@ -279,56 +206,40 @@ class PortInstruments:
             self.metrics.set_ready(True)
         self.registered.set()
 
-    def _execution_started(self) -> float:
-        return self._clock()
-
     def _execution_ended(
         self, request: ExecutionRequest, started: float, outcome: Outcome | None
     ) -> None:
-        session = self._executing.pop(request.task_instance_id, None)
-        self._show_busy()
         if outcome is None:
             return  # cancelled or the pool failed: no outcome, no report
         self.metrics.task_finished(outcome_label(outcome), self._clock() - started)
-        if session is None:
-            return  # an execution the mirror did not see registered: nothing to expect
-        if session < self._session:
-            self.metrics.report_dropped()  # gate 2 drops it before the first attempt
-        else:
-            self._owed[(session, request.task_instance_id)] = _OwedReport()
+        self._unsettled[request.task_instance_id] = _Settlement.OWED
 
-    def _report_started(self, key: _ReportKey) -> _OwedReport:
-        owed = self._owed.setdefault(key, _OwedReport())
-        if owed.attempts > 0:
+    def _report_started(self, key: _ReportKey) -> None:
+        attempts = self._attempts.get(key, 0)
+        if attempts > 0:
             self.metrics.report_retried()
-        owed.attempts += 1
-        owed.in_flight = True
-        return owed
+        self._attempts[key] = attempts + 1
+        self._unsettled[key[1]] = _Settlement.IN_FLIGHT
 
-    def _report_ended(
-        self, key: _ReportKey, owed: _OwedReport, error: BaseException | None
-    ) -> None:
-        owed.in_flight = False
+    def _report_ended(self, key: _ReportKey, error: BaseException | None) -> None:
+        if isinstance(error, TransportError):
+            self._unsettled[key[1]] = _Settlement.OWED  # a transient error: it may be tried again
+            return
         if error is None:
             self.metrics.report_sent()
-        elif isinstance(error, TransportError) and key[0] >= self._session:
-            return  # retried after a backoff
         else:
-            # Final answer, cancelled (abandoned), or transient but the session moved on.
-            self.metrics.report_dropped()
-        self._owed.pop(key, None)
+            self.metrics.report_dropped()  # a final answer, or cancelled (abandoned)
+        self._unsettled.pop(key[1], None)
+        self._attempts.pop(key, None)
 
-    def _shutting_down(self, records: Sequence[TaskAssignmentRecord]) -> None:
-        # Shutdown comes after the drain: nothing is held, no report is still owed.
+    def _shutting_down(self) -> None:
+        # Shutdown comes after the drain: a report not settled by now never will be.
         self.metrics.set_ready(False)
-        for owed in self._owed.values():
-            if not owed.in_flight:
+        for report in self._unsettled.values():
+            if report is _Settlement.OWED:
                 self.metrics.report_dropped()
-        self._owed.clear()
-        self._held.clear()
-        self._executing.clear()
-        self._show_busy()
-        self._records_carried(records)
+        self._unsettled.clear()
+        self._attempts.clear()
 
 
 class InstrumentedScheduler:
@@ -344,22 +255,14 @@ class InstrumentedScheduler:
         prev_assignment: TaskAssignmentRecord | None,
         wait_time_ms: int,
     ) -> SchedulerAssignment | None:
-        """Forward; count the assignment, the acknowledgement, or the error."""
-        instruments = self._instruments
-        carried = () if prev_assignment is None else (prev_assignment,)
-        instruments._records_carried(carried)
+        """Forward; count the assignment or the error."""
         try:
             reply = await self._inner.next_task(em_id, prev_assignment, wait_time_ms)
-        except ProtocolError as error:
-            instruments._rpc_failed(error)
-            instruments._records_acknowledged(carried)  # the call completed: the ack landed
+        except (RpcError, ProtocolError) as error:
+            self._instruments._rpc_failed(error)
             raise
-        except RpcError as error:
-            instruments._rpc_failed(error)
-            raise
-        instruments._records_acknowledged(carried)
         if reply is not None:
-            instruments._assignment_received(reply)
+            self._instruments.metrics.assignment_received()
         return reply
 
     async def heartbeat(self, em_id: ExecutionManagerId) -> None:
@@ -374,15 +277,13 @@ class InstrumentedScheduler:
     async def shutdown(
         self, em_id: ExecutionManagerId, prev_assignments: Sequence[TaskAssignmentRecord]
     ) -> None:
-        """Forward; every record it carried is acknowledged when it returns OK."""
-        instruments = self._instruments
-        instruments._shutting_down(prev_assignments)
+        """Forward; reports still unsettled when it starts are dropped."""
+        self._instruments._shutting_down()
         try:
             await self._inner.shutdown(em_id, prev_assignments)
         except (RpcError, ProtocolError) as error:
-            instruments._rpc_failed(error)
+            self._instruments._rpc_failed(error)
             raise
-        instruments._records_acknowledged(prev_assignments)
 
 
 class InstrumentedStorage:
@@ -399,28 +300,12 @@ class InstrumentedStorage:
         em_id: ExecutionManagerId,
         session_id: SessionId,
     ) -> ExecutionContext:
-        """Forward; resolve the held assignment as consumed, released, or still held."""
-        instruments = self._instruments
-        key = (job_id, task_id, session_id)
+        """Forward; count the error."""
         try:
-            context = await self._inner.register_task_instance(job_id, task_id, em_id, session_id)
-        except (StaleSessionError, StaleStateError, ProtocolError) as error:
-            # Consumed without an instance to run (a malformed context is consumed too).
-            instruments._rpc_failed(error)
-            instruments._registration_resolved(key, consumed=True)
+            return await self._inner.register_task_instance(job_id, task_id, em_id, session_id)
+        except (RpcError, ProtocolError) as error:
+            self._instruments._rpc_failed(error)
             raise
-        except InvalidInputError as error:  # fatal: no record, the worker stops
-            instruments._rpc_failed(error)
-            instruments._registration_resolved(key, consumed=False)
-            raise
-        except RpcError as error:  # retried: the assignment stays held
-            instruments._rpc_failed(error)
-            raise
-        except trio.Cancelled:  # a stop during registration: no record (rule 22)
-            instruments._registration_resolved(key, consumed=False)
-            raise
-        instruments._registration_resolved(key, consumed=True, context=context)
-        return context
 
     async def report_task_success(self, report: SuccessReport) -> None:
         """Forward; count the attempt and how it ended."""
@@ -437,17 +322,17 @@ class InstrumentedStorage:
     ) -> None:
         instruments = self._instruments
         key = (report.session_id, report.task_instance_id)
-        owed = instruments._report_started(key)
+        instruments._report_started(key)
         try:
             await send(report)
         except (RpcError, ProtocolError) as error:
             instruments._rpc_failed(error)
-            instruments._report_ended(key, owed, error)
+            instruments._report_ended(key, error)
             raise
         except trio.Cancelled as cancelled:
-            instruments._report_ended(key, owed, cancelled)
+            instruments._report_ended(key, cancelled)
             raise
-        instruments._report_ended(key, owed, None)
+        instruments._report_ended(key, None)
 
 
 class InstrumentedLiveness:
@@ -488,7 +373,7 @@ class InstrumentedExecutor:
 
     async def execute(self, request: ExecutionRequest) -> Outcome:
         """Forward; count the outcome by kind with its duration."""
-        started = self._instruments._execution_started()
+        started = self._instruments._clock()
         outcome: Outcome | None = None
         try:
             outcome = await self._inner.execute(request)

@@ -97,10 +97,16 @@ class MetricsServer(HttpEndpoint):
         return self
 
 
-def serve_metrics(host: str, port: int, metrics: WorkerMetrics) -> MetricsServer:
-    """Bind ``host:port`` and start serving ``metrics``; logs the INFO line with the bound
-    port (``metrics_port``). Raises :class:`MetricsBindError` when the address is taken."""
-    server = MetricsServer(metrics, host, port)
+def serve_metrics(
+    host: str,
+    port: int,
+    metrics: WorkerMetrics,
+    assignments: AssignmentsProvider = _no_assignments,
+) -> MetricsServer:
+    """Bind ``host:port`` and start serving ``metrics`` (and ``assignments`` on
+    ``/assignments``); logs the INFO line with the bound port (``metrics_port``). Raises
+    :class:`MetricsBindError` when the address is taken."""
+    server = MetricsServer(metrics, host, port, assignments)
     server.start()
     logger.info(
         "metrics endpoint serving",

@@ -86,9 +86,11 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     # At the default level (INFO), through the worker's own console formatter, into /dev/null:
     # the lines a user's worker writes for every task are part of the loop's cost.
-    with open(os.devnull, "w", encoding="utf-8") as sink:
-        with logging_configured("console", "info", sink):
-            runs = [trio.run(_one_run, args.assignments) for _ in range(args.repeat)]
+    with (
+        open(os.devnull, "w", encoding="utf-8") as sink,
+        logging_configured("console", "info", sink),
+    ):
+        runs = [trio.run(_one_run, args.assignments) for _ in range(args.repeat)]
     per_assignment_us = [run / args.assignments * 1e6 for run in runs]
     print("| metric | value |")
     print("|---|---|")

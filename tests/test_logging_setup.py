@@ -42,6 +42,25 @@ def test_a_file_format_appends_the_fields_as_the_console_does() -> None:
     assert formatter.format(_record()) == "INFO worker.machine moved on"
 
 
+def test_console_values_render_as_json_scalars_quoted_only_when_needed() -> None:
+    fields = {
+        "count": 42,
+        "negative": -7,
+        "flag": True,
+        "nothing": None,
+        "seconds": 0.25,
+        "ids": [1, 2],
+        "quote": 'say "hi"',
+        "key": "a=b",
+        "line": "one\ntwo",
+    }
+    line = ConsoleFormatter().format(_record(fields))
+    assert line.endswith(
+        " count=42 negative=-7 flag=true nothing=null seconds=0.25"
+        ' ids="[1, 2]" quote="say \\"hi\\"" key="a=b" line="one\\ntwo"'
+    )
+
+
 def test_json_format_merges_fields_into_one_object() -> None:
     line = JsonFormatter().format(_record({"em_id": 11, "message": "clash", "records": ["a"]}))
     assert "\n" not in line

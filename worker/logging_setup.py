@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Final, TextIO
@@ -40,6 +41,8 @@ _LEVELS: Final = {
 LOG_LEVEL_VARIABLE: Final = "WORKER_LOG_LEVEL"
 #: Keys of every JSON line; a structured field with one of these names is prefixed ``field.``.
 _JSON_KEYS: Final = frozenset({"ts", "level", "logger", "message", "exc"})
+#: A console value holding one of these is JSON-quoted, so the line still splits unambiguously.
+_NEEDS_QUOTES: Final = re.compile(r'[ ="\n]')
 
 
 def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
@@ -53,8 +56,10 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _console_value(value: Any) -> str:
+    if type(value) is int:  # ids and counts, most fields of the per-task lines: no JSON needed
+        return str(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return json.dumps(text) if (not text or any(c in text for c in ' ="\n')) else text
+    return json.dumps(text) if (not text or _NEEDS_QUOTES.search(text)) else text
 
 
 def fields_text(record: logging.LogRecord) -> str:

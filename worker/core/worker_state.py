@@ -129,6 +129,8 @@ _TRIGGER_FOR_CAUSE: Final = {
     StopCause.FATAL: Trigger.FAIL,
 }
 _KILLING_CAUSES: Final = frozenset({StopCause.FORCED, StopCause.EVICTED})
+#: Causes only a stop signal (or the forced stop it leads to) adds: a signal after one forces.
+_SIGNALLED: Final = frozenset({StopCause.GRACEFUL, StopCause.FORCED})
 
 
 class _Call(enum.Enum):
@@ -203,7 +205,6 @@ class WorkerCore:
         self._em_id: ExecutionManagerId | None = None
         self._phase = Phase.BOOT
         self._causes: set[StopCause] = set()
-        self._stop_requested = False
         self._torn_down = False
         self._poll_backoff = Backoff(self._policy, self._rng)
         self._poll_ready_at = 0.0
@@ -301,9 +302,11 @@ class WorkerCore:
         self._out = out
         handler = self._HANDLERS[type(event)]
         handler(self, event)
-        if self._notices is not None and self._ledger_seen != self._ledger_view():
-            self._ledger_seen = self._ledger_view()
-            self._notices.append(RecordsChanged(*self._ledger_seen))
+        if self._notices is not None:
+            view = self._ledger_view()
+            if view != self._ledger_seen:
+                self._ledger_seen = view
+                self._notices.append(RecordsChanged(*view))
         return out
 
     def _ledger_view(self) -> tuple[int, int]:
@@ -737,10 +740,9 @@ class WorkerCore:
     # --- stop causes ---------------------------------------------------------------------------
 
     def _on_stop(self, _event: StopRequested) -> None:
-        if self._stop_requested:
+        if self._causes & _SIGNALLED:  # a signal came before: this one forces the stop
             self._force()
             return
-        self._stop_requested = True
         logger.info("stop requested: draining", extra={"fields": {"states": self._states()}})
         self._begin_drain(StopCause.GRACEFUL)
         self._maybe_stop_loops()
@@ -751,7 +753,6 @@ class WorkerCore:
     def _force(self) -> None:
         if StopCause.FORCED in self._causes or self._phase in (Phase.SHUTTING_DOWN, Phase.EXITED):
             return  # further signals are ignored
-        self._stop_requested = True
         logger.warning("forced stop", extra={"fields": {"states": self._states()}})
         self._stop_at_once(StopCause.FORCED)
 

@@ -216,8 +216,7 @@ class WorkerRuntime:
     def _dispatch(self, event: Event) -> None:
         for action in self._core.handle(event, _now()):
             self._perform(action)
-        if self._observer is not None:
-            self._notify()
+        self._notify()
 
     def _notify(self) -> None:
         if self._observer is not None:
@@ -320,8 +319,7 @@ class WorkerRuntime:
                     scope = self._new_slot_scope(slot)
                 else:
                     self._perform(follow)
-            if self._observer is not None:
-                self._notify()
+            self._notify()
 
     # --- boot, heartbeats, reports, drain deadline, Shutdown ------------------------------------
 

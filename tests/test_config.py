@@ -19,8 +19,8 @@ from worker.config import (
     parse_config,
 )
 from worker.config_reference import collect_keys
+from worker.core.settings import RuntimeSettings
 from worker.executor.settings import PoolSettings
-from worker.runtime.settings import RuntimeSettings
 from worker.transport.channels import ChannelOptions
 
 # A worker configuration as Spider's deployment files write it (integers for the intervals).

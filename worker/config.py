@@ -29,8 +29,8 @@ import yaml
 from worker.security import first_unreadable
 
 if TYPE_CHECKING:
+    from worker.core.settings import RuntimeSettings
     from worker.executor.settings import PoolSettings
-    from worker.runtime.settings import RuntimeSettings
     from worker.transport.channels import ChannelOptions
 
 __all__ = [
@@ -562,7 +562,7 @@ class WorkerConfig:
 
     def to_runtime_settings(self) -> RuntimeSettings:
         """The runtime's settings."""
-        from worker.runtime.settings import RuntimeSettings
+        from worker.core.settings import RuntimeSettings
 
         return RuntimeSettings(
             storage_heartbeat_interval_sec=self.liveness.storage_heartbeat_interval_sec,

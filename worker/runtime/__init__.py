@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
+from worker.core.settings import RuntimeSettings
 from worker.runtime.runtime import WorkerRuntime
-from worker.runtime.settings import RuntimeSettings
 
 __all__ = ["RuntimeSettings", "WorkerRuntime"]

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
-from collections.abc import Callable
 
+from tests.cluster.harness import wait_for
 from worker.cluster.callpool import CallPool
-
-
-def _wait_for(condition: Callable[[], bool], within_sec: float = 10.0) -> bool:
-    deadline = time.monotonic() + within_sec
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_sequential_calls_reuse_one_thread_and_report_completion() -> None:
@@ -61,7 +51,7 @@ def test_threads_start_as_calls_need_them_up_to_the_limit_then_calls_queue() -> 
     assert not started.acquire(timeout=0.1)  # two calls wait for a thread
     assert pool.threads_started == 3
     release.set()
-    assert _wait_for(lambda: len(finished) == 5)
+    wait_for(lambda: len(finished) == 5, 10, "every call to finish")
     assert pool.threads_started == 3
 
 
@@ -89,4 +79,4 @@ def test_the_threads_of_a_garbage_pool_end() -> None:
     assert len(pool_threads()) == 1
     del pool
     gc.collect()
-    assert _wait_for(lambda: not pool_threads()), pool_threads()
+    wait_for(lambda: not pool_threads(), 10, "the garbage pool's threads to end")

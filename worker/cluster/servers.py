@@ -485,10 +485,10 @@ class _Scheduler(_Hooked, scheduler_pb2_grpc.SchedulerServiceServicer):
             # A client that gives up (cancel, deadline) wakes the wait so the thread is freed;
             # a call that already returned wakes nobody (every other long poll would wake and
             # wait again for nothing).
-            waiting = [True]
+            waiting = True
 
             def on_termination() -> None:
-                if waiting[0]:
+                if waiting:
                     self.engine.wake()
 
             context.add_callback(on_termination)
@@ -500,7 +500,7 @@ class _Scheduler(_Hooked, scheduler_pb2_grpc.SchedulerServiceServicer):
                     is_cancelled=lambda: not context.is_active(),
                 )
             finally:
-                waiting[0] = False
+                waiting = False
             if assignment is None:
                 return scheduler_pb2.NextTaskResponse(no_task=common_pb2.Void())
             return scheduler_pb2.NextTaskResponse(

@@ -23,6 +23,7 @@ given as microseconds of overhead per call. Figures, never pass/fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -191,15 +192,19 @@ def main(argv: Sequence[str]) -> int:
         return 0
     calls = options.calls - options.calls % CONCURRENCY
 
-    server = _ServerProcess()
-    plain = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    pool = ChannelPool("127.0.0.1", server.port, 1, ChannelOptions())
-    stubs = {
-        False: scheduler_pb2_grpc.SchedulerServiceStub(plain),
-        True: scheduler_pb2_grpc.SchedulerServiceStub(pool.channels[0]),
-    }
     rows: list[tuple[str, dict[str, list[_Round]]]] = []
-    try:
+    # Each piece is undone, last first, however far the set-up got: no server child is left.
+    with contextlib.ExitStack() as undo:
+        server = _ServerProcess()
+        undo.callback(server.stop)
+        plain = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        undo.callback(plain.close)
+        pool = ChannelPool("127.0.0.1", server.port, 1, ChannelOptions())
+        undo.callback(pool.close)
+        stubs = {
+            False: scheduler_pb2_grpc.SchedulerServiceStub(plain),
+            True: scheduler_pb2_grpc.SchedulerServiceStub(pool.channels[0]),
+        }
         for client in _CLIENTS:  # warm up the connections and every path
             client.run(stubs[client.parked], 400, 1)
         for label, callers in (("sequential", 1), (f"{CONCURRENCY}-way", CONCURRENCY)):
@@ -214,10 +219,6 @@ def main(argv: Sequence[str]) -> int:
                         _Round(calls / seconds, client_cpu / calls * 1e6, server_cpu / calls * 1e6)
                     )
             rows.append((label, rounds))
-    finally:
-        plain.close()
-        pool.close()
-        server.stop()
 
     print(
         f"{calls} unary Heartbeat calls per round, median of {options.rounds} interleaved rounds,"

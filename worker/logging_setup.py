@@ -29,6 +29,7 @@ __all__ = [
     "quiet_grpc_core",
     "resolve_format",
     "resolve_level",
+    "utc_timestamp",
 ]
 
 _LEVELS: Final = {
@@ -50,8 +51,10 @@ def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
     return fields if isinstance(fields, Mapping) else {}
 
 
-def _timestamp(record: logging.LogRecord) -> str:
-    moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+def utc_timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``...T12:00:00.123Z``),
+    the ``ts`` of the JSON log (the executors' forwarded lines use it too: one clock)."""
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -100,7 +103,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render one record as a single JSON line."""
         line: dict[str, Any] = {
-            "ts": _timestamp(record),
+            "ts": utc_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -19,8 +19,8 @@ from worker.executor.logs import (
     LineTagger,
     SplitLine,
     TaskTag,
-    utc_timestamp,
 )
+from worker.logging_setup import utc_timestamp
 
 
 def split(

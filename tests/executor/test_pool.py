@@ -25,11 +25,11 @@ from tests.executor.conftest import (
 )
 from worker.core.decisions import failure_message
 from worker.errors import PoolBroken, PoolClosed
-from worker.executor.logs import utc_timestamp
 from worker.executor.pool import ExecutorPool, open_pool
 from worker.executor.processes import WORKER_SET_ENV, become_subreaper
 from worker.executor.settings import PoolSettings
 from worker.executor.wire import decode_values, encode_frame, encode_graph_outputs
+from worker.logging_setup import utc_timestamp
 from worker.model import ExecutorCrash, InTaskFailure, Outcome, Success, TaskId, Timeout
 from worker.taskio import encode_graph_output_values
 

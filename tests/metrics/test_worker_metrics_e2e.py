@@ -20,7 +20,7 @@ import yaml
 from tests.cluster.harness import BOOT_TIMEOUT, E2E, TASKS_DIR, wait_for
 from tests.metrics.scraping import get, scrape
 from worker.cluster.jobs import JobBuilder, TaskTimeouts
-from worker.cluster.processes import WorkerProcess, worker_environment
+from worker.cluster.processes import WorkerProcess, logged_metrics_port, worker_environment
 from worker.cluster.storage import JobState
 from worker.metrics.faults import BLOCK_LOOP_VARIABLE
 
@@ -32,14 +32,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def metrics_port(log: Path) -> int | None:
     """The ``metrics_port`` field of the worker's "metrics endpoint serving" line, if logged."""
-    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("message") == "metrics endpoint serving":
-            return int(record["metrics_port"])
-    return None
+    return logged_metrics_port(log.read_text(encoding="utf-8", errors="replace"))
 
 
 def wait_metrics_port(log: Path) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import shutil
 import signal
@@ -31,7 +30,7 @@ from worker.cluster.embedded import ClusterSettings, ClusterStartError, Embedded
 from worker.cluster.failures import TaskFailure, failure_lines, task_failures, task_name
 from worker.cluster.jobs import Job, JobError, load_job_file
 from worker.cluster.preflight import PreflightError, check_or_raise
-from worker.cluster.processes import WorkerProcess
+from worker.cluster.processes import WorkerProcess, logged_metrics_port
 from worker.cluster.report import ReportData, write_report
 from worker.cluster.scheduler import SchedulerSettings
 from worker.cluster.storage import JOB_OUTPUTS_MAX_BYTES, JobState, StorageSettings
@@ -263,17 +262,8 @@ def run_local(
 
 def _metrics_ports(processes: list[WorkerProcess]) -> dict[str, int]:
     """Each worker's bound metrics port, from the INFO line it logs before registering."""
-    ports: dict[str, int] = {}
-    for process in processes:
-        for line in process.log_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a task's output or a traceback, not a log record
-            if isinstance(record, dict) and "metrics_port" in record:
-                ports[process.name] = int(record["metrics_port"])
-                break
-    return ports
+    ports = {process.name: logged_metrics_port(process.log_text()) for process in processes}
+    return {name: port for name, port in ports.items() if port is not None}
 
 
 def _wait_registered(

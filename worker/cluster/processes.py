@@ -7,6 +7,7 @@ SIGTERM (a drain), waits, then SIGKILLs what is left, so no process outlives its
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -24,11 +25,25 @@ __all__ = [
     "command_line",
     "descendants",
     "is_running",
+    "logged_metrics_port",
     "wait_all",
     "worker_environment",
 ]
 
 _PROJECT_ROOT = Path(worker.__file__).resolve().parent.parent
+
+
+def logged_metrics_port(log_text: str) -> int | None:
+    """The bound port of the worker's metrics endpoint, from the JSON log line that names it
+    (``metrics_port``); ``None`` while not logged (or without ``metrics``)."""
+    for line in log_text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a task's output or a traceback, not a log record
+        if isinstance(record, dict) and "metrics_port" in record:
+            return int(record["metrics_port"])
+    return None
 
 
 def worker_environment() -> dict[str, str]:

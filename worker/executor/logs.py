@@ -9,13 +9,14 @@ one writer that owns the sink (executor.md §7).
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import time
 from typing import IO, Protocol
 
 import attrs
+
+from worker.logging_setup import utc_timestamp
 
 __all__ = [
     "DroppedLine",
@@ -26,15 +27,7 @@ __all__ = [
     "LogSink",
     "SplitLine",
     "TaskTag",
-    "utc_timestamp",
 ]
-
-
-def utc_timestamp(seconds: float) -> str:
-    """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``...T12:00:00.123Z``),
-    the format of the worker's own JSON log, so both logs sort and join on one clock."""
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @attrs.frozen(slots=True)

@@ -42,9 +42,9 @@ decorated call behaves exactly as the bare one (cancellation included).
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Generic, TypeVar
 
 import trio
 
@@ -95,6 +95,7 @@ __all__ = [
 MALFORMED_REPLY = "MALFORMED_REPLY"
 
 _Report = TypeVar("_Report", SuccessReport, FailureReport)
+_Port = TypeVar("_Port")
 #: A report's identity: instance ids are unique within one session only.
 _ReportKey = tuple[SessionId, int]
 
@@ -172,10 +173,7 @@ class PortInstruments:
             async with inner() as pool:
                 yield self.executor(pool)
 
-        def factory() -> AbstractAsyncContextManager[Executor]:
-            return open_instrumented()
-
-        return factory
+        return open_instrumented
 
     # --- events from outside the ports ----------------------------------------------------------
 
@@ -189,6 +187,17 @@ class PortInstruments:
         self.metrics.set_ready(False)
 
     # --- what the decorators saw ------------------------------------------------------------
+
+    @contextmanager
+    def _counting_errors(self, heartbeat_loop: str | None = None) -> Iterator[None]:
+        """Count an RPC error raised inside (and a heartbeat failure of ``heartbeat_loop``)."""
+        try:
+            yield
+        except (RpcError, ProtocolError) as error:
+            self._rpc_failed(error)
+            if heartbeat_loop is not None:
+                self.metrics.heartbeat_failure(heartbeat_loop)
+            raise
 
     def _rpc_failed(self, error: RpcError | ProtocolError) -> None:
         code = error.code.name if isinstance(error, RpcError) else MALFORMED_REPLY
@@ -242,12 +251,16 @@ class PortInstruments:
         self._attempts.clear()
 
 
-class InstrumentedScheduler:
-    """A :class:`~worker.core.ports.SchedulerClient` that counts what passes through."""
+class _Decorator(Generic[_Port]):
+    """Forwards to ``inner``; what it sees moves ``instruments``."""
 
-    def __init__(self, inner: SchedulerClient, instruments: PortInstruments) -> None:
-        self._inner = inner
+    def __init__(self, inner: _Port, instruments: PortInstruments) -> None:
+        self._inner: _Port = inner
         self._instruments = instruments
+
+
+class InstrumentedScheduler(_Decorator[SchedulerClient]):
+    """A :class:`~worker.core.ports.SchedulerClient` that counts what passes through."""
 
     async def next_task(
         self,
@@ -256,42 +269,28 @@ class InstrumentedScheduler:
         wait_time_ms: int,
     ) -> SchedulerAssignment | None:
         """Forward; count the assignment or the error."""
-        try:
+        with self._instruments._counting_errors():
             reply = await self._inner.next_task(em_id, prev_assignment, wait_time_ms)
-        except (RpcError, ProtocolError) as error:
-            self._instruments._rpc_failed(error)
-            raise
         if reply is not None:
             self._instruments.metrics.assignment_received()
         return reply
 
     async def heartbeat(self, em_id: ExecutionManagerId) -> None:
         """Forward; a failure counts for the scheduler loop."""
-        try:
+        with self._instruments._counting_errors(heartbeat_loop="scheduler"):
             await self._inner.heartbeat(em_id)
-        except (RpcError, ProtocolError) as error:
-            self._instruments._rpc_failed(error)
-            self._instruments.metrics.heartbeat_failure("scheduler")
-            raise
 
     async def shutdown(
         self, em_id: ExecutionManagerId, prev_assignments: Sequence[TaskAssignmentRecord]
     ) -> None:
         """Forward; reports still unsettled when it starts are dropped."""
         self._instruments._shutting_down()
-        try:
+        with self._instruments._counting_errors():
             await self._inner.shutdown(em_id, prev_assignments)
-        except (RpcError, ProtocolError) as error:
-            self._instruments._rpc_failed(error)
-            raise
 
 
-class InstrumentedStorage:
+class InstrumentedStorage(_Decorator[StorageClient]):
     """A :class:`~worker.core.ports.StorageClient` that counts what passes through."""
-
-    def __init__(self, inner: StorageClient, instruments: PortInstruments) -> None:
-        self._inner = inner
-        self._instruments = instruments
 
     async def register_task_instance(
         self,
@@ -301,11 +300,8 @@ class InstrumentedStorage:
         session_id: SessionId,
     ) -> ExecutionContext:
         """Forward; count the error."""
-        try:
+        with self._instruments._counting_errors():
             return await self._inner.register_task_instance(job_id, task_id, em_id, session_id)
-        except (RpcError, ProtocolError) as error:
-            self._instruments._rpc_failed(error)
-            raise
 
     async def report_task_success(self, report: SuccessReport) -> None:
         """Forward; count the attempt and how it ended."""
@@ -335,41 +331,26 @@ class InstrumentedStorage:
         instruments._report_ended(key, None)
 
 
-class InstrumentedLiveness:
+class InstrumentedLiveness(_Decorator[LivenessClient]):
     """A :class:`~worker.core.ports.LivenessClient` that counts what passes through."""
-
-    def __init__(self, inner: LivenessClient, instruments: PortInstruments) -> None:
-        self._inner = inner
-        self._instruments = instruments
 
     async def register(self, ip_address: str) -> Registration:
         """Forward; a registration makes the worker ready (unless draining began)."""
-        try:
+        with self._instruments._counting_errors():
             registration = await self._inner.register(ip_address)
-        except (RpcError, ProtocolError) as error:
-            self._instruments._rpc_failed(error)
-            raise
         self._instruments._registered(registration)
         return registration
 
     async def heartbeat(self, em_id: ExecutionManagerId) -> SessionId:
         """Forward; learn the session, or count a failure of the storage loop."""
-        try:
+        with self._instruments._counting_errors(heartbeat_loop="storage"):
             session = await self._inner.heartbeat(em_id)
-        except (RpcError, ProtocolError) as error:
-            self._instruments._rpc_failed(error)
-            self._instruments.metrics.heartbeat_failure("storage")
-            raise
         self._instruments._learned_session(session)
         return session
 
 
-class InstrumentedExecutor:
+class InstrumentedExecutor(_Decorator[Executor]):
     """An :class:`~worker.core.ports.Executor` that counts outcomes and times them."""
-
-    def __init__(self, inner: Executor, instruments: PortInstruments) -> None:
-        self._inner = inner
-        self._instruments = instruments
 
     async def execute(self, request: ExecutionRequest) -> Outcome:
         """Forward; count the outcome by kind with its duration."""

@@ -37,7 +37,7 @@ import attrs
 import trio
 
 from worker.core.lifecycle import ASSIGNMENT_INITIAL_STATE, HELD_IN, AssignmentState
-from worker.core.machine import State
+from worker.core.machine import INITIAL_STATE, State
 from worker.core.observer import (
     AssignmentMoved,
     DrainingBegan,
@@ -144,7 +144,7 @@ class MetricsObserver:
         self._held: set[AssignmentKey] = set()
         self._acknowledged = 0
         #: The latest snapshot; replaced whole on the trio thread, read on the HTTP thread.
-        self.snapshot = AssignmentsSnapshot(tuple(SlotView(i, State.IDLE) for i in range(slots)))
+        self.snapshot = AssignmentsSnapshot(tuple(SlotView(i, INITIAL_STATE) for i in range(slots)))
 
     def assignments(self) -> dict[str, Any]:
         """The ``/assignments`` reply (the server's provider; safe on any thread)."""

@@ -38,6 +38,7 @@ __all__ = [
     "TdlContext",
     "Timeout",
     "TimeoutPolicy",
+    "outcome_kind",
 ]
 
 UINT64_MAX = 2**64 - 1
@@ -246,6 +247,19 @@ class ExecutorCrash:
 
 
 Outcome = Success | InTaskFailure | Timeout | ExecutorCrash
+
+
+def outcome_kind(outcome: Outcome) -> str:
+    """What became of the task, in one word: the task-end log line and the metrics label."""
+    match outcome:
+        case Success():
+            return "succeeded"
+        case InTaskFailure():
+            return "failed"
+        case Timeout():
+            return "timed_out"
+        case ExecutorCrash():
+            return "crashed"
 
 
 # --- Reports to storage ------------------------------------------------------------------------

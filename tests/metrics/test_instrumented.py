@@ -18,7 +18,7 @@ from tests.runtime.harness import A, ctx
 from worker.errors import ProtocolError, StaleSessionError, StaleStateError, StatusCode
 from worker.exit_codes import ExitCode
 from worker.metrics import WorkerMetrics
-from worker.metrics.instrumented import MALFORMED_REPLY, PortInstruments, outcome_label
+from worker.metrics.instrumented import MALFORMED_REPLY, PortInstruments
 from worker.model import (
     ExecutionManagerId,
     ExecutionRequest,
@@ -30,6 +30,7 @@ from worker.model import (
     Success,
     SuccessReport,
     Timeout,
+    outcome_kind,
 )
 from worker.runtime import RuntimeSettings, WorkerRuntime
 from worker.testing import (
@@ -141,7 +142,7 @@ async def test_each_outcome_kind_has_its_label(
     outcome: Success | InTaskFailure | Timeout | ExecutorCrash,
     label: str,
 ) -> None:
-    assert outcome_label(outcome) == label
+    assert outcome_kind(outcome) == label
     ports = Ports()
     await ports.receive(A(1))
     ports.fake_storage.push_register(ctx("echo"))

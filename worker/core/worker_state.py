@@ -103,12 +103,9 @@ from worker.model import (
     ExecutionContext,
     ExecutionManagerId,
     ExecutionRequest,
-    ExecutorCrash,
-    Outcome,
     SchedulerAssignment,
-    Success,
     TaskAssignmentRecord,
-    Timeout,
+    outcome_kind,
 )
 
 __all__ = ["HEARTBEAT_LOOPS", "OUTER_CANCEL_SHUTDOWN_BUDGET_SEC", "WorkerCore"]
@@ -639,7 +636,7 @@ class WorkerCore:
         session = assignment.session_id
         outcome = event.outcome
         if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
-            fields = self._task_fields(slot, _result(outcome))
+            fields = self._task_fields(slot, outcome_kind(outcome))
             logger.info("task finished", extra={"fields": fields})
         self._note(key, "outcome", type(outcome).__name__)
         if self._causes & _KILLING_CAUSES or self._late():
@@ -992,16 +989,6 @@ def _registration_move(verdict: RegisterVerdict) -> tuple[AssignmentEvent, Assig
     if verdict.retry:
         return (AssignmentEvent.TRANSIENT_ERROR, AssignmentState.REGISTERING)
     return (AssignmentEvent.STALE, AssignmentState.DROPPED_STALE)
-
-
-def _result(outcome: Outcome) -> str:
-    if isinstance(outcome, Success):
-        return "succeeded"
-    if isinstance(outcome, Timeout):
-        return "timed out"
-    if isinstance(outcome, ExecutorCrash):
-        return "crashed"
-    return "failed"
 
 
 WorkerCore._HANDLERS.update(

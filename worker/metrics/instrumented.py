@@ -66,19 +66,16 @@ from worker.model import (
     ExecutionContext,
     ExecutionManagerId,
     ExecutionRequest,
-    ExecutorCrash,
     FailureReport,
-    InTaskFailure,
     JobId,
     Outcome,
     Registration,
     SchedulerAssignment,
     SessionId,
-    Success,
     SuccessReport,
     TaskAssignmentRecord,
     TaskId,
-    Timeout,
+    outcome_kind,
 )
 
 __all__ = [
@@ -88,7 +85,6 @@ __all__ = [
     "InstrumentedScheduler",
     "InstrumentedStorage",
     "PortInstruments",
-    "outcome_label",
 ]
 
 #: The ``code`` label of an OK answer that broke the contract (``ProtocolError``).
@@ -105,19 +101,6 @@ class _Settlement(enum.Enum):
 
     OWED = "owed"  # no call yet, or the last one ended with a transient error
     IN_FLIGHT = "in_flight"
-
-
-def outcome_label(outcome: Outcome) -> str:
-    """The ``outcome`` label of ``worker_tasks_finished_total`` for an executor outcome."""
-    match outcome:
-        case Success():
-            return "succeeded"
-        case InTaskFailure():
-            return "failed"
-        case Timeout():
-            return "timed_out"
-        case ExecutorCrash():
-            return "crashed"
 
 
 def _method(rpc: Rpc) -> str:
@@ -220,7 +203,7 @@ class PortInstruments:
     ) -> None:
         if outcome is None:
             return  # cancelled or the pool failed: no outcome, no report
-        self.metrics.task_finished(outcome_label(outcome), self._clock() - started)
+        self.metrics.task_finished(outcome_kind(outcome), self._clock() - started)
         self._unsettled[request.task_instance_id] = _Settlement.OWED
 
     def _report_started(self, key: _ReportKey) -> None:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
 from typing import Any
+
+import hypothesis
+import hypothesis.strategies as st
+import pytest
 
 from worker.logging_setup import (
     ConsoleFormatter,
     FieldsFormatter,
     JsonFormatter,
     configure_logging,
+    logging_configured,
     resolve_format,
+    utc_timestamp,
 )
 
 
@@ -102,3 +109,36 @@ def test_configure_logging_writes_records_at_or_above_the_level() -> None:
     (line,) = stream.getvalue().splitlines()
     decoded = json.loads(line)
     assert (decoded["message"], decoded["level"], decoded["em_id"]) == ("kept", "warning", 3)
+
+
+@hypothesis.given(seconds=st.floats(min_value=0, max_value=4e9))
+def test_timestamps_render_as_datetime_does(seconds: float) -> None:
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    assert utc_timestamp(seconds) == moment.isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+    record = _record()
+    record.created = seconds
+    local = datetime.datetime.fromtimestamp(seconds)
+    assert (
+        ConsoleFormatter()
+        .format(record)
+        .startswith(f"{local:%H:%M:%S}.{local.microsecond // 1000:03d} INFO")
+    )
+
+
+@hypothesis.given(value=st.floats(allow_nan=True, allow_infinity=True))
+def test_console_floats_render_as_json_does(value: float) -> None:
+    line = ConsoleFormatter().format(_record({"value": value}))
+    assert line.endswith(f" value={json.dumps(value)}")
+
+
+@pytest.mark.parametrize("line_buffering", [True, False])
+def test_every_line_is_out_once_logged(line_buffering: bool) -> None:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=line_buffering)
+    with logging_configured("console", "info", stream):
+        logging.getLogger("worker.test").info("first", extra={"fields": {"n": 1}})
+        assert raw.getvalue().decode().endswith("first n=1\n")
+        logging.getLogger("worker.test").info("second")
+        assert raw.getvalue().decode().endswith("second\n")

@@ -8,13 +8,14 @@ states, codes) in ``extra={"fields": {...}}``. The console format appends them a
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
+import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, MutableMapping
+import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Final, TextIO
 
 __all__ = [
@@ -51,17 +52,54 @@ def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
     return fields if isinstance(fields, Mapping) else {}
 
 
+def _split_seconds(seconds: float) -> tuple[int, int]:
+    """``(whole seconds, milliseconds)`` as ``datetime.fromtimestamp`` rounds: to the microsecond
+    (half to even), then the milliseconds truncated, as ``isoformat(timespec="milliseconds")``."""
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        return int(whole) + 1, (micros - 1_000_000) // 1000
+    return int(whole), micros // 1000
+
+
+class _SecondText:
+    """The text of a whole second, rendered once per second: the per-line timestamp costs one
+    comparison instead of a ``datetime``. The pair is swapped as one tuple, so threads may share
+    it (the executor log lines render their ``ts`` outside the logging handler's lock)."""
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._latest: tuple[int, str] = (-1, "")
+
+    def __call__(self, second: int) -> str:
+        cached_second, text = self._latest
+        if cached_second != second:
+            text = self._render(second)
+            self._latest = (second, text)
+        return text
+
+
+_utc_second = _SecondText(lambda second: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+_local_second = _SecondText(lambda second: time.strftime("%H:%M:%S", time.localtime(second)))
+# One encoder for every line: ``json.dumps`` with options builds a new encoder per call.
+_JSON_ENCODER: Final = json.JSONEncoder(default=str, ensure_ascii=False)
+_VALUE_ENCODER: Final = json.JSONEncoder(default=str)
+
+
 def utc_timestamp(seconds: float) -> str:
     """``seconds`` since the epoch as ISO 8601 UTC with milliseconds (``...T12:00:00.123Z``),
     the ``ts`` of the JSON log (the executors' forwarded lines use it too: one clock)."""
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second, millis = _split_seconds(seconds)
+    return f"{_utc_second(second)}.{millis:03d}Z"
 
 
 def _console_value(value: Any) -> str:
-    if type(value) is int:  # ids and counts, most fields of the per-task lines: no JSON needed
+    kind = type(value)
+    if kind is int:  # ids and counts, most fields of the per-task lines: no JSON needed
         return str(value)
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if kind is float and math.isfinite(value):  # JSON renders a finite float as repr does
+        return repr(value)
+    text = value if kind is str else _VALUE_ENCODER.encode(value)
     return json.dumps(text) if (not text or _NEEDS_QUOTES.search(text)) else text
 
 
@@ -69,7 +107,7 @@ def fields_text(record: logging.LogRecord) -> str:
     """The record's structured fields as `` key=value ...`` (empty without fields); a value with
     a space, ``=`` or quote is JSON-quoted so the line still splits unambiguously."""
     fields = _fields(record)
-    return "".join(f" {key}={_console_value(value)}" for key, value in fields.items())
+    return "".join([f" {key}={_console_value(value)}" for key, value in fields.items()])
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -77,12 +115,11 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render one record on one line (a traceback follows on its own lines)."""
-        moment = datetime.datetime.fromtimestamp(record.created)
+        second, millis = _split_seconds(record.created)
         line = (
-            f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d} {record.levelname:<7} "
-            f"{record.name}: {record.getMessage()}"
+            f"{_local_second(second)}.{millis:03d} {record.levelname:<7} "
+            f"{record.name}: {record.getMessage()}{fields_text(record)}"
         )
-        line += fields_text(record)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -112,7 +149,18 @@ class JsonFormatter(logging.Formatter):
             line[f"field.{key}" if key in _JSON_KEYS else str(key)] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _JSON_ENCODER.encode(line)
+
+
+class _LineStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that leaves the flushing to a line-buffered stream (``sys.stderr`` is one):
+    every record ends with a newline, so writing it flushed it already, and a second flush per
+    line only takes the handler's lock again."""
+
+    def flush(self) -> None:
+        """Flush unless the stream flushes itself at every newline."""
+        if not getattr(self.stream, "line_buffering", False):
+            super().flush()
 
 
 def resolve_format(requested: str | None, stream: TextIO) -> str:
@@ -156,7 +204,7 @@ def configure_logging(
     """Send every log record at ``level`` or above to ``stream`` (stderr); returns the format."""
     target = sys.stderr if stream is None else stream
     chosen = resolve_format(log_format, target)
-    handler = logging.StreamHandler(target)
+    handler = _LineStreamHandler(target)
     handler.setFormatter(JsonFormatter() if chosen == "json" else ConsoleFormatter())
     root = logging.getLogger()
     for previous in list(root.handlers):

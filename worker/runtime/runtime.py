@@ -119,7 +119,9 @@ class WorkerRuntime:
         open_executor: ExecutorFactory,
         random: random_module.Random | None = None,
         observer: WorkerObserver | None = None,
+        core: WorkerCore | None = None,
     ) -> None:
+        """``core`` is the core to drive; by default a new one, built from ``settings``."""
         self._settings = settings
         self._scheduler = scheduler
         self._storage = storage
@@ -127,7 +129,11 @@ class WorkerRuntime:
         self._open_executor = open_executor
         self._rng = random if random is not None else random_module.Random()
         self._observer = observer
-        self._core = WorkerCore(settings, random=self._rng, observe=observer is not None)
+        self._core = (
+            core
+            if core is not None
+            else WorkerCore(settings, random=self._rng, observe=observer is not None)
+        )
         self._root: trio.Nursery | None = None
         self._executor: Executor | None = None
         self._registration_scope = trio.CancelScope()
@@ -271,55 +277,67 @@ class WorkerRuntime:
     async def _run_slot(self, action: _SlotCall, scope: trio.CancelScope) -> None:
         """One slot's calls, one after another, while each answer asks for the slot's next.
 
-        Each call runs inside its own scope and ends in exactly one event: its answer, its
-        failure, or ``CallCancelled`` when the core cancelled the scope. (One function, not a
-        helper per call: this is the hot path of every assignment.)
+        Each call ends in exactly one event: its answer, its failure, or ``CallCancelled`` when
+        the core cancelled the call's scope. Consecutive calls share one scope until the core
+        cancels it (entering a scope per call costs more than the rest of the shell's step); a
+        call the core has not cancelled never starts in a cancelled scope, because
+        :meth:`_follow` gives the slot a fresh one first. (One function, not a helper per call:
+        this is the hot path of every assignment.)
         """
         slot = action.slot
         call: _SlotCall | None = action
         while call is not None:
-            event: Event | None = None
             with scope:
-                if isinstance(call, SendNextTask):
-                    try:
-                        reply = await self._scheduler.next_task(
-                            call.em_id, call.carried, call.wait_time_ms
-                        )
-                    except (RpcError, ProtocolError) as error:
-                        event = PollFailed(slot, error)
+                while call is not None and self._slot_scopes[slot] is scope:
+                    event: Event
+                    if isinstance(call, SendNextTask):
+                        try:
+                            reply = await self._scheduler.next_task(
+                                call.em_id, call.carried, call.wait_time_ms
+                            )
+                        except (RpcError, ProtocolError) as error:
+                            event = PollFailed(slot, error)
+                        else:
+                            event = PollAnswered(slot, reply)
+                    elif isinstance(call, RegisterTask):
+                        task = call.assignment.assignment
+                        try:
+                            context = await self._storage.register_task_instance(
+                                task.job_id, task.task_id, call.em_id, task.session_id
+                            )
+                        except (RpcError, ProtocolError) as error:
+                            event = TaskRegistrationFailed(slot, error)
+                        else:
+                            event = TaskRegistered(slot, context)
+                    elif isinstance(call, Execute):
+                        assert self._executor is not None
+                        try:
+                            outcome = await self._executor.execute(call.request)
+                        except ExecutorPoolError as error:
+                            event = ExecutionFailed(slot, error)
+                        else:
+                            event = OutcomeArrived(slot, outcome)
                     else:
-                        event = PollAnswered(slot, reply)
-                elif isinstance(call, RegisterTask):
-                    task = call.assignment.assignment
-                    try:
-                        context = await self._storage.register_task_instance(
-                            task.job_id, task.task_id, call.em_id, task.session_id
-                        )
-                    except (RpcError, ProtocolError) as error:
-                        event = TaskRegistrationFailed(slot, error)
-                    else:
-                        event = TaskRegistered(slot, context)
-                elif isinstance(call, Execute):
-                    assert self._executor is not None
-                    try:
-                        outcome = await self._executor.execute(call.request)
-                    except ExecutorPoolError as error:
-                        event = ExecutionFailed(slot, error)
-                    else:
-                        event = OutcomeArrived(slot, outcome)
-                else:
-                    await trio.sleep_until(call.until)
-                    event = TimerFired(slot)
-            call = None
-            for follow in self._core.handle(
-                CallCancelled(slot) if event is None else event, _now()
-            ):
-                if call is None and isinstance(follow, _SLOT_CALLS) and follow.slot == slot:
-                    call = follow
-                    scope = self._new_slot_scope(slot)
-                else:
-                    self._perform(follow)
-            self._notify()
+                        await trio.sleep_until(call.until)
+                        event = TimerFired(slot)
+                    call = self._follow(slot, event)
+            if scope.cancelled_caught:
+                call = self._follow(slot, CallCancelled(slot))
+            scope = self._slot_scopes[slot]
+
+    def _follow(self, slot: int, event: Event) -> _SlotCall | None:
+        """Hand the core ``event`` of ``slot``; perform what it asks, except the slot's next call,
+        which is returned (with a fresh scope when the current one was cancelled meanwhile)."""
+        call: _SlotCall | None = None
+        for action in self._core.handle(event, _now()):
+            if call is None and isinstance(action, _SLOT_CALLS) and action.slot == slot:
+                call = action
+                if self._slot_scopes[slot].cancel_called:
+                    self._new_slot_scope(slot)
+            else:
+                self._perform(action)
+        self._notify()
+        return call
 
     # --- boot, heartbeats, reports, drain deadline, Shutdown ------------------------------------
 

@@ -21,6 +21,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
 
+from worker.core.events import (
+    Booted,
+    HeartbeatsStarted,
+    OutcomeArrived,
+    PollAnswered,
+    ReportSettled,
+    TaskRegistered,
+    WorkerRegistered,
+)
+from worker.core.worker_state import WorkerCore
 from worker.logging_setup import logging_configured
 from worker.model import (
     AssignmentId,
@@ -49,6 +59,12 @@ from worker.runtime import RuntimeSettings, WorkerRuntime
 _SESSION = SessionId(1)
 _NO_OUTPUTS = b"\x00\x00\x00\x00"
 _SUCCESS: Outcome = Success(_NO_OUTPUTS)
+_REQUEST = ExecutionRequest(
+    JobId(1), TaskId.of_index(0), TaskInstanceId(1), ResourceGroupId(1), "m", "f", b"", 2000
+)
+_REPORT = SuccessReport(
+    JobId(1), TaskId.of_index(0), TaskInstanceId(1), ExecutionManagerId(1), _SESSION, _NO_OUTPUTS
+)
 
 
 class BareScheduler:
@@ -56,7 +72,7 @@ class BareScheduler:
     empty long poll does) until the runtime cancels them."""
 
     def __init__(self, assignments: int) -> None:
-        self._assignments = [
+        self.assignments = [
             SchedulerAssignment(
                 TaskAssignment(
                     AssignmentId(n), ResourceGroupId(1), JobId(1), TaskId.of_index(n), _SESSION
@@ -76,10 +92,10 @@ class BareScheduler:
     ) -> SchedulerAssignment | None:
         self.first_poll.set()
         await trio.lowlevel.checkpoint()
-        if self._polled == len(self._assignments):
+        if self._polled == len(self.assignments):
             await trio.sleep_forever()
         self._polled += 1
-        return self._assignments[self._polled - 1]
+        return self.assignments[self._polled - 1]
 
     async def heartbeat(self, em_id: ExecutionManagerId) -> None:
         await trio.lowlevel.checkpoint()
@@ -94,7 +110,7 @@ class BareStorage:
     """Task-instance and liveness services; ``all_reported`` is set by the last report."""
 
     def __init__(self, assignments: int) -> None:
-        self._contexts = [
+        self.contexts = [
             ExecutionContext(
                 TaskInstanceId(n + 1), TdlContext("m", "f"), TimeoutPolicy(1000, 2000), _NO_OUTPUTS
             )
@@ -109,7 +125,7 @@ class BareStorage:
     ) -> ExecutionContext:
         await trio.lowlevel.checkpoint()
         self._registered += 1
-        return self._contexts[self._registered - 1]
+        return self.contexts[self._registered - 1]
 
     async def report_task_success(self, report: SuccessReport) -> None:
         await self._report()
@@ -120,7 +136,7 @@ class BareStorage:
     async def _report(self) -> None:
         await trio.lowlevel.checkpoint()
         self._reported += 1
-        if self._reported == len(self._contexts):
+        if self._reported == len(self.contexts):
             self.all_reported.set()
 
     async def register(self, ip_address: str) -> Registration:
@@ -170,6 +186,42 @@ async def _one_run(assignments: int) -> float:
     return elapsed
 
 
+def _core_alone(assignments: int) -> float:
+    """Seconds the core takes for the same assignments, events in and actions out, no trio."""
+    core = WorkerCore(RuntimeSettings(1.0, 1.0, 1000), random=random.Random(0))
+    scheduler, storage = BareScheduler(assignments), BareStorage(assignments)
+    now = time.monotonic
+    for event in (Booted(), WorkerRegistered(Registration(ExecutionManagerId(1), _SESSION))):
+        core.handle(event, now())
+    core.handle(HeartbeatsStarted(), now())
+    started = time.perf_counter()
+    for assignment, context in zip(scheduler.assignments, storage.contexts, strict=True):
+        core.handle(PollAnswered(0, assignment), now())
+        core.handle(TaskRegistered(0, context), now())
+        core.handle(OutcomeArrived(0, _SUCCESS), now())
+        core.note(assignment.key, "reported", "success", now())  # what the reporter adds
+        core.handle(ReportSettled(assignment.key), now())
+    return time.perf_counter() - started
+
+
+async def _calls_alone(assignments: int) -> float:
+    """Seconds trio takes for the same calls and report tasks with no core and no logging: the
+    shell's floor on these ports (each call one checkpoint, each report its own task)."""
+    scheduler, storage, pool = BareScheduler(assignments), BareStorage(assignments), BarePool()
+    em_id = ExecutionManagerId(1)
+    started = time.perf_counter()
+    async with trio.open_nursery() as reports:
+        for _ in range(assignments):
+            assignment = await scheduler.next_task(em_id, None, 1000)
+            assert assignment is not None
+            task = assignment.assignment
+            await storage.register_task_instance(task.job_id, task.task_id, em_id, _SESSION)
+            await pool.execute(_REQUEST)
+            reports.start_soon(storage.report_task_success, _REPORT)
+        await storage.all_reported.wait()
+    return time.perf_counter() - started
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="python -m bench.runtime_loop")
@@ -185,6 +237,11 @@ def main(argv: Sequence[str]) -> int:
     ):
         trio.run(_one_run, min(args.assignments, 300))  # warm-up: imports, first-call caches
         runs = [trio.run(_one_run, args.assignments) for _ in range(args.repeat)]
+        core_runs = [_core_alone(args.assignments) for _ in range(args.repeat)]
+        with logging_configured("console", "warning", sink):
+            quiet_runs = [trio.run(_one_run, args.assignments) for _ in range(args.repeat)]
+            quiet_core_runs = [_core_alone(args.assignments) for _ in range(args.repeat)]
+        call_runs = [trio.run(_calls_alone, args.assignments) for _ in range(args.repeat)]
     per_assignment_us = [run / args.assignments * 1e6 for run in runs]
     print("| metric | value |")
     print("|---|---|")
@@ -196,6 +253,14 @@ def main(argv: Sequence[str]) -> int:
     )
     print(f"| best µs per assignment | {min(per_assignment_us):.1f} |")
     print(f"| median assignments per second | {args.assignments / statistics.median(runs):.0f} |")
+    # Where the time goes: the same work with parts taken away (medians, µs per assignment).
+    for label, parts in (
+        ("the same at WARNING (no per-task line)", quiet_runs),
+        ("the core alone, INFO (events in, actions out; no trio)", core_runs),
+        ("the core alone, WARNING", quiet_core_runs),
+        ("trio alone: the same calls and report tasks, no core, no logging", call_runs),
+    ):
+        print(f"| {label} | {statistics.median(parts) / args.assignments * 1e6:.1f} |")
     return 0
 
 

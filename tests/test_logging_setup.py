@@ -142,3 +142,14 @@ def test_every_line_is_out_once_logged(line_buffering: bool) -> None:
         assert raw.getvalue().decode().endswith("first n=1\n")
         logging.getLogger("worker.test").info("second")
         assert raw.getvalue().decode().endswith("second\n")
+
+
+def test_records_skip_what_no_format_shows_while_configured() -> None:
+    before = (logging.logThreads, logging.logProcesses, logging._srcfile)
+    with logging_configured("console", "info", io.StringIO()):
+        record = logging.getLogger("worker.test").makeRecord(
+            "worker.test", logging.INFO, "f.py", 1, "m", (), None
+        )
+        assert (logging.logThreads, logging.logProcesses) == (False, False)
+        assert (record.thread, record.process) == (None, None)
+    assert (logging.logThreads, logging.logProcesses, logging._srcfile) == before

@@ -163,6 +163,18 @@ class _LineStreamHandler(logging.StreamHandler[TextIO]):
             super().flush()
 
 
+#: What no format of ours shows, so no record collects it (the logging HOWTO's "Optimization"
+#: table names these switches): the calling frame (``_srcfile``), the thread, the process and
+#: the asyncio task. Finding the caller alone walks the stack on every record.
+_UNSHOWN_RECORD_DETAILS: Final[Mapping[str, object]] = {
+    "_srcfile": None,
+    "logThreads": False,
+    "logProcesses": False,
+    "logMultiprocessing": False,
+    "logAsyncioTasks": False,  # Python 3.12 and later
+}
+
+
 def resolve_format(requested: str | None, stream: TextIO) -> str:
     """``requested`` when set, else ``"console"`` on a terminal and ``"json"`` otherwise."""
     if requested is not None:
@@ -211,6 +223,9 @@ def configure_logging(
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(_LEVELS[level])
+    for name, value in _UNSHOWN_RECORD_DETAILS.items():
+        if hasattr(logging, name):
+            setattr(logging, name, value)
     # The state-machine library narrates every callback at INFO; our machine logs transitions.
     logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.captureWarnings(True)
@@ -221,10 +236,13 @@ def configure_logging(
 def logging_configured(
     log_format: str | None, level: str = "info", stream: TextIO | None = None
 ) -> Iterator[str]:
-    """:func:`configure_logging` for the span of a command, then the previous handlers and level
-    again (commands also run inside other programs, such as the tests)."""
+    """:func:`configure_logging` for the span of a command, then the previous handlers, level and
+    record details again (commands also run inside other programs, such as the tests)."""
     root = logging.getLogger()
     handlers, previous_level = list(root.handlers), root.level
+    details = {
+        name: getattr(logging, name) for name in _UNSHOWN_RECORD_DETAILS if hasattr(logging, name)
+    }
     try:
         yield configure_logging(log_format, level, stream)
     finally:
@@ -233,6 +251,8 @@ def logging_configured(
         for handler in handlers:
             root.addHandler(handler)
         root.setLevel(previous_level)
+        for name, value in details.items():
+            setattr(logging, name, value)
 
 
 def quiet_grpc_core(environ: MutableMapping[str, str] | None = None) -> None:

@@ -103,9 +103,8 @@ INITIAL_STATE: Final = State.IDLE
 TERMINAL_STATES: Final = frozenset({State.STOPPED})
 
 # Hot-path lookups, computed once from the enums and the table: the state a ``transitions``
-# state name stands for, each trigger's name, and the story text of each declared move.
+# state name stands for, and the story text of each declared move.
 _STATE_NAMED: Final = {state.value: state for state in State}
-_TRIGGER_NAME: Final = {trigger: trigger.value for trigger in Trigger}
 _MOVE_TEXT: Final = {(t.source, t.dest): f"{t.source.value} -> {t.dest.value}" for t in TRANSITIONS}
 
 #: Called after every move with ``(source, dest, trigger)``.
@@ -148,6 +147,20 @@ class WorkerMachine:
             auto_transitions=False,
             ignore_invalid_triggers=False,
         )
+        # Every declared move, read back once out of the ``transitions`` machine (which built it
+        # from the table): ``(source name, trigger) -> (dest name, dest, story text)``. ``fire``
+        # looks the move up here and sets the model's state itself; the library's per-call
+        # pipeline (conditions, callbacks, its own lookups) costs more than the rest of a slot's
+        # step, and the table declares no condition and no callback for it to run.
+        self._moves: dict[tuple[str, Trigger], tuple[str, State, str]] = {}
+        for trigger in Trigger:
+            event = self._machine.events.get(trigger.value)
+            for source_name, moves in event.transitions.items() if event else ():
+                dest_name = moves[0].dest
+                assert dest_name is not None  # the table declares no internal transition
+                dest = _STATE_NAMED[dest_name]
+                text = _MOVE_TEXT[_STATE_NAMED[source_name], dest]
+                self._moves[source_name, trigger] = (dest_name, dest, text)
         self._hooks = list(hooks)
 
     @property
@@ -177,20 +190,12 @@ class WorkerMachine:
         """
         model = self._model
         source_name = model.state
+        move = self._moves.get((source_name, trigger))
+        if move is None:
+            raise IllegalTransition(f"no transition {trigger.value!r} from state {source_name!r}")
+        dest_name, dest, text = move
+        model.state = dest_name
         source = _STATE_NAMED[source_name]
-        name = _TRIGGER_NAME[trigger]
-        # The move is the one ``transitions`` declared for (trigger, source) from the table, and
-        # ``transitions`` sets the model's state. Its callback pipeline is skipped on purpose: the
-        # table declares no condition and no callback, and the pipeline costs more than all the
-        # rest of a slot's step (this is the hot path of every assignment).
-        event = self._machine.events.get(name)
-        moves = event.transitions.get(source_name) if event is not None else None
-        if not moves:
-            raise IllegalTransition(f"no transition {name!r} from state {source.value!r}")
-        target = moves[0].dest
-        assert target is not None  # the table declares no internal (dest-less) transition
-        self._machine.set_state(target, model)
-        dest = _STATE_NAMED[model.state]
         key: AssignmentKey | None = assignment.key if assignment is not None else None
         if logger.isEnabledFor(logging.DEBUG):  # a hot path: build the fields only when logged
             logger.debug(
@@ -211,7 +216,7 @@ class WorkerMachine:
             )
         if key is not None and self._story is not None:
             now = self._clock() if self._clock is not None else 0.0
-            self._story.add(key, now, _MOVE_TEXT[source, dest], name)
+            self._story.add(key, now, text, trigger.value)
         for hook in self._hooks:
             hook(source, dest, trigger)
         return dest

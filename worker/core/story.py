@@ -45,23 +45,24 @@ class StoryLog:
             raise ValueError("story bounds must be positive")
         self._max_assignments = max_assignments
         self._max_entries = max_entries
-        self._stories: OrderedDict[AssignmentKey, deque[StoryEntry]] = OrderedDict()
+        self._stories: OrderedDict[AssignmentKey, deque[tuple[float, str, str]]] = OrderedDict()
 
     def add(self, key: AssignmentKey, time: float, event: str, detail: str = "") -> None:
         """Append one entry to ``key``'s story (creating it, evicting the oldest story)."""
-        story = self._stories.get(key)
+        stories = self._stories
+        story = stories.get(key)
         if story is None:
-            story = deque(maxlen=self._max_entries)
-            self._stories[key] = story
-            while len(self._stories) > self._max_assignments:
-                self._stories.popitem(last=False)
+            story = stories[key] = deque(maxlen=self._max_entries)
+            if len(stories) > self._max_assignments:
+                stories.popitem(last=False)
         else:
-            self._stories.move_to_end(key)
-        story.append(StoryEntry(time, event, detail))
+            stories.move_to_end(key)
+        # A plain tuple: every assignment adds several entries, and few stories are ever read.
+        story.append((time, event, detail))
 
     def story(self, key: AssignmentKey) -> tuple[StoryEntry, ...]:
         """``key``'s story, oldest entry first (empty when unknown or forgotten)."""
-        return tuple(self._stories.get(key, ()))
+        return tuple(StoryEntry(*entry) for entry in self._stories.get(key, ()))
 
     def explain(self, key: AssignmentKey) -> str:
         """The story as text, one entry per line."""

@@ -35,8 +35,12 @@ def _fields(key: AssignmentKey, report: SuccessReport | FailureReport) -> dict[s
         "task_id": str(report.task_id),
         "task_instance_id": report.task_instance_id,
         "session": report.session_id,
-        "kind": "success" if isinstance(report, SuccessReport) else "failure",
+        "kind": _kind(report),
     }
+
+
+def _kind(report: SuccessReport | FailureReport) -> str:
+    return "success" if isinstance(report, SuccessReport) else "failure"
 
 
 class Reporter:
@@ -58,12 +62,13 @@ class Reporter:
 
     async def deliver(self, key: AssignmentKey, report: SuccessReport | FailureReport) -> None:
         """Send ``report`` until it lands, is final, or turns stale; log if abandoned."""
-        fields = _fields(key, report)
-        backoff = Backoff(self._policy, self._rng)
+        backoff: Backoff | None = None  # made at the first retry: most reports land at once
         try:
             while True:
                 if not is_reportable(report.session_id, self._tracker.current):
-                    logger.info("report dropped: session advanced", extra={"fields": fields})
+                    logger.info(
+                        "report dropped: session advanced", extra={"fields": _fields(key, report)}
+                    )
                     self._note(key, "report dropped", "session advanced")
                     return
                 try:
@@ -73,24 +78,25 @@ class Reporter:
                         await self._storage.report_task_failure(report)
                 except (RpcError, ProtocolError) as error:
                     verdict = classify_report_error(error)
+                    fields = {**_fields(key, report), "error": str(error)}
                     if verdict is ReportVerdict.RETRY:
-                        logger.warning(
-                            "report failed, retrying",
-                            extra={"fields": {**fields, "error": str(error)}},
-                        )
+                        logger.warning("report failed, retrying", extra={"fields": fields})
                         self._note(key, "report attempt failed", str(error))
+                        if backoff is None:
+                            backoff = Backoff(self._policy, self._rng)
                         await trio.sleep(backoff.next_delay())
                         continue
                     log = logger.warning if verdict is ReportVerdict.FINAL_STALE else logger.error
-                    log(
-                        "report rejected (final)", extra={"fields": {**fields, "error": str(error)}}
-                    )
+                    log("report rejected (final)", extra={"fields": fields})
                     self._note(key, "report rejected", str(error))
                     return
-                logger.debug("report sent", extra={"fields": fields})  # the task end is INFO
-                self._note(key, "reported", str(fields["kind"]))
+                if logger.isEnabledFor(logging.DEBUG):  # the task end is INFO
+                    logger.debug("report sent", extra={"fields": _fields(key, report)})
+                self._note(key, "reported", _kind(report))
                 return
         except trio.Cancelled:
-            logger.error("report abandoned by a forced stop", extra={"fields": fields})
+            logger.error(
+                "report abandoned by a forced stop", extra={"fields": _fields(key, report)}
+            )
             self._note(key, "report abandoned", "forced stop")
             raise

@@ -82,9 +82,14 @@ class Sample:
     from_start_per_sec: float
     #: CPU seconds by process role, measured at the last completion.
     cpu_sec: dict[str, float]
+    #: Context switches (voluntary and not) of each role's threads, counted the same way.
+    switches: dict[str, int]
 
     def cpu_ms_per_task(self, role: str) -> float:
         return self.cpu_sec.get(role, 0.0) * 1000 / self.tasks
+
+    def switches_per_task(self, role: str) -> float:
+        return self.switches.get(role, 0) / self.tasks
 
     @property
     def total_cpu_ms_per_task(self) -> float:
@@ -99,6 +104,22 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[-1].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def _switches(pid: int) -> int:
+    """Context switches of every live thread of ``pid`` so far (0 once it is gone).
+
+    Each is a thread handing the CPU over and being woken again; on a virtual machine a wake-up
+    costs tens of microseconds, so their count per task shows what thread hand-offs cost.
+    """
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split(":", 1)[1])
+    return total
 
 
 def _rates(tasks: int, spawned: float, completions: list[float]) -> tuple[float, float]:
@@ -191,10 +212,12 @@ def _run_celery(concurrency: int, tasks: int, workdir: Path, *, redis_port: int)
     app = Celery("bench_enqueuer", broker=broker, backend=backend_url)
     app.conf.update(broker_connection_retry_on_startup=True)
     redis_before = _cpu_seconds(redis_pid)
-    enqueue_started = time.process_time()
+    redis_switches_before = _switches(redis_pid)
+    enqueue_started, enqueue_switches_before = time.process_time(), _switches(os.getpid())
     for index in range(tasks):
         app.send_task("noop", args=[index])
     enqueue_cpu = time.process_time() - enqueue_started
+    enqueue_switches = _switches(os.getpid()) - enqueue_switches_before
     env = {
         **worker_environment(),
         "BENCH_BROKER": broker,
@@ -231,6 +254,12 @@ def _run_celery(concurrency: int, tasks: int, workdir: Path, *, redis_port: int)
             "redis": _cpu_seconds(redis_pid) - redis_before,
             "enqueuer": enqueue_cpu,
         }
+        switches = {
+            "worker": _switches(process.pid),
+            "pool processes": sum(_switches(pid) for pid in pool),
+            "redis": _switches(redis_pid) - redis_switches_before,
+            "enqueuer": enqueue_switches,
+        }
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -239,7 +268,7 @@ def _run_celery(concurrency: int, tasks: int, workdir: Path, *, redis_port: int)
             process.kill()
             process.wait(10)
     steady, from_start = _rates(tasks, spawned, _completion_times(backend))
-    return Sample(tasks, steady, from_start, cpu)
+    return Sample(tasks, steady, from_start, cpu, switches)
 
 
 def _redis_pid(port: int) -> int:
@@ -256,11 +285,15 @@ def _run_ours(workers: int, slots: int, tasks: int, workdir: Path) -> Sample:
     completions: list[float] = []
     lock = threading.Lock()
 
+    all_reported = threading.Event()
+
     def observe(rpc: str, request: Any, response: Any, started: float, done: float) -> None:
         if rpc == "ReportTaskSuccess":
             now = time.time()
             with lock:
                 completions.append(now)
+                if len(completions) == tasks:
+                    all_reported.set()
 
     database = workdir / f"ours-{workers}x{slots}-{time.monotonic_ns()}.db"
     with EmbeddedCluster(ClusterSettings(database=database)) as cluster:
@@ -272,30 +305,37 @@ def _run_ours(workers: int, slots: int, tasks: int, workdir: Path) -> Sample:
         builder = JobBuilder("bench", package_dir=workdir)
         for index in range(tasks):
             builder.task(f"t{index}", "bench_noop", "noop", [index])
-        cluster_started = time.process_time()
+        cluster_started, cluster_switches = time.process_time(), _switches(os.getpid())
         job_id = cluster.submit(builder.build())
         spawned = time.time()
         processes = [
             WorkerProcess(f"ours-{workers}x{slots}-{i}", config, workdir) for i in range(workers)
         ]
         try:
-            # Completion times come from the observer; a slow poll keeps this loop's CPU (it
-            # runs in the cluster's process) out of the cluster's figure.
-            state = cluster.wait_job(job_id, timeout_sec=600, poll_sec=0.05)
-            if state is not JobState.SUCCEEDED:
-                raise RuntimeError(f"our bench job ended {state.name}")
+            # Completion times come from the observer, which also says when the last report
+            # landed: no polling loop runs in the cluster's process, whose CPU is measured.
+            if not all_reported.wait(600):
+                raise RuntimeError(f"our bench job: {len(completions)} of {tasks} reports in 600 s")
             executors = [pid for p in processes for pid in descendants(p.pid)]
             cpu = {
                 "worker": sum(_cpu_seconds(p.pid) for p in processes),
                 "executors": sum(_cpu_seconds(pid) for pid in executors),
                 "cluster": time.process_time() - cluster_started,
             }
+            switches = {
+                "worker": sum(_switches(p.pid) for p in processes),
+                "executors": sum(_switches(pid) for pid in executors),
+                "cluster": _switches(os.getpid()) - cluster_switches,
+            }
+            state = cluster.wait_job(job_id, timeout_sec=60, poll_sec=0.05)
+            if state is not JobState.SUCCEEDED:
+                raise RuntimeError(f"our bench job ended {state.name}")
         finally:
             for process in processes:
                 process.stop(timeout_sec=30)
                 process.close()
     steady, from_start = _rates(tasks, spawned, completions)
-    return Sample(tasks, steady, from_start, cpu)
+    return Sample(tasks, steady, from_start, cpu, switches)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -381,13 +421,14 @@ def _print_tables(samples: dict[str, list[Sample]], tasks: int, rounds: int) -> 
             f"| {_spread([s.from_start_per_sec for s in runs])} "
             f"| {_spread([s.total_cpu_ms_per_task for s in runs], 2)} |"
         )
-    print("\n### CPU per task by process (ms, median)\n")
-    print("| configuration | process | ms/task |")
-    print("|---|---|---|")
+    print("\n### CPU and context switches per task by process (medians)\n")
+    print("| configuration | process | CPU ms/task | context switches/task |")
+    print("|---|---|---|---|")
     for name, runs in samples.items():
         for role in runs[0].cpu_sec:
-            values = [s.cpu_ms_per_task(role) for s in runs]
-            print(f"| {name} | {role} | {statistics.median(values):.3f} |")
+            cpu = statistics.median(s.cpu_ms_per_task(role) for s in runs)
+            switches = statistics.median(s.switches_per_task(role) for s in runs)
+            print(f"| {name} | {role} | {cpu:.3f} | {switches:.1f} |")
     pairs = [
         ("ours, 1 worker, slots 1", "Celery prefork --concurrency=1", 0.8),
         ("ours, 1 worker, slots 2", "Celery prefork --concurrency=1", 1.2),

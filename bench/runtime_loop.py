@@ -12,11 +12,12 @@ Figures, never pass/fail.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import trio
@@ -222,6 +223,15 @@ async def _calls_alone(assignments: int) -> float:
     return time.perf_counter() - started
 
 
+def _repeat(run: Callable[[], float], times: int) -> list[float]:
+    """``times`` results of ``run``, each started with no garbage left by the one before."""
+    results = []
+    for _ in range(times):
+        gc.collect()
+        results.append(run())
+    return results
+
+
 def main(argv: Sequence[str]) -> int:
     """Run the benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="python -m bench.runtime_loop")
@@ -236,12 +246,12 @@ def main(argv: Sequence[str]) -> int:
         logging_configured("console", "info", sink),
     ):
         trio.run(_one_run, min(args.assignments, 300))  # warm-up: imports, first-call caches
-        runs = [trio.run(_one_run, args.assignments) for _ in range(args.repeat)]
-        core_runs = [_core_alone(args.assignments) for _ in range(args.repeat)]
+        runs = _repeat(lambda: trio.run(_one_run, args.assignments), args.repeat)
+        core_runs = _repeat(lambda: _core_alone(args.assignments), args.repeat)
         with logging_configured("console", "warning", sink):
-            quiet_runs = [trio.run(_one_run, args.assignments) for _ in range(args.repeat)]
-            quiet_core_runs = [_core_alone(args.assignments) for _ in range(args.repeat)]
-        call_runs = [trio.run(_calls_alone, args.assignments) for _ in range(args.repeat)]
+            quiet_runs = _repeat(lambda: trio.run(_one_run, args.assignments), args.repeat)
+            quiet_core_runs = _repeat(lambda: _core_alone(args.assignments), args.repeat)
+        call_runs = _repeat(lambda: trio.run(_calls_alone, args.assignments), args.repeat)
     per_assignment_us = [run / args.assignments * 1e6 for run in runs]
     print("| metric | value |")
     print("|---|---|")

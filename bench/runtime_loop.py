@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import random
 import statistics
@@ -205,6 +206,24 @@ def _core_alone(assignments: int) -> float:
     return time.perf_counter() - started
 
 
+def _lines_alone(assignments: int) -> float:
+    """Seconds the two per-task INFO lines take alone, with the fields the core gives them."""
+    core_logger = logging.getLogger("worker.core")
+    started = time.perf_counter()
+    for n in range(assignments):
+        fields: dict[str, object] = {
+            "task": "m.f",
+            "job_id": 1,
+            "task_id": f"Index({n})",
+            "task_instance_id": n + 1,
+            "slot": 0,
+        }
+        core_logger.info("task started", extra={"fields": fields})
+        fields = {**fields, "result": "succeeded", "duration_sec": 0.000123}
+        core_logger.info("task finished", extra={"fields": fields})
+    return time.perf_counter() - started
+
+
 async def _calls_alone(assignments: int) -> float:
     """Seconds trio takes for the same calls and report tasks with no core and no logging: the
     shell's floor on these ports (each call one checkpoint, each report its own task)."""
@@ -248,6 +267,7 @@ def main(argv: Sequence[str]) -> int:
         trio.run(_one_run, min(args.assignments, 300))  # warm-up: imports, first-call caches
         runs = _repeat(lambda: trio.run(_one_run, args.assignments), args.repeat)
         core_runs = _repeat(lambda: _core_alone(args.assignments), args.repeat)
+        line_runs = _repeat(lambda: _lines_alone(args.assignments), args.repeat)
         with logging_configured("console", "warning", sink):
             quiet_runs = _repeat(lambda: trio.run(_one_run, args.assignments), args.repeat)
             quiet_core_runs = _repeat(lambda: _core_alone(args.assignments), args.repeat)
@@ -268,6 +288,7 @@ def main(argv: Sequence[str]) -> int:
         ("the same at WARNING (no per-task line)", quiet_runs),
         ("the core alone, INFO (events in, actions out; no trio)", core_runs),
         ("the core alone, WARNING", quiet_core_runs),
+        ("the two per-task INFO lines alone", line_runs),
         ("trio alone: the same calls and report tasks, no core, no logging", call_runs),
     ):
         print(f"| {label} | {statistics.median(parts) / args.assignments * 1e6:.1f} |")

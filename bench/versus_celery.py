@@ -281,61 +281,133 @@ def _redis_pid(port: int) -> int:
 # --- ours -------------------------------------------------------------------------------------
 
 
-def _run_ours(workers: int, slots: int, tasks: int, workdir: Path) -> Sample:
-    completions: list[float] = []
-    lock = threading.Lock()
-
-    all_reported = threading.Event()
-
-    def observe(rpc: str, request: Any, response: Any, started: float, done: float) -> None:
-        if rpc == "ReportTaskSuccess":
-            now = time.time()
-            with lock:
-                completions.append(now)
-                if len(completions) == tasks:
-                    all_reported.set()
-
-    database = workdir / f"ours-{workers}x{slots}-{time.monotonic_ns()}.db"
+@contextlib.contextmanager
+def _our_cluster(tasks: int, workdir: Path, name: str) -> Iterator[_OurRun]:
+    """An embedded cluster holding a job of ``tasks`` no-op tasks, observed as reports land."""
+    run = _OurRun(tasks)
+    database = workdir / f"{name}-{time.monotonic_ns()}.db"
     with EmbeddedCluster(ClusterSettings(database=database)) as cluster:
-        cluster.storage_server.hooks.observer = observe
-        config = cluster.worker_config(
-            workdir, poll_wait_ms=1000, heartbeat_sec=1.0, log_level="warning"
-        )
-        config["slots"] = slots
+        cluster.storage_server.hooks.observer = run.observe
         builder = JobBuilder("bench", package_dir=workdir)
         for index in range(tasks):
             builder.task(f"t{index}", "bench_noop", "noop", [index])
-        cluster_started, cluster_switches = time.process_time(), _switches(os.getpid())
-        job_id = cluster.submit(builder.build())
-        spawned = time.time()
+        run.cluster = cluster
+        run.cluster_cpu, run.cluster_switches = time.process_time(), _switches(os.getpid())
+        run.job_id = cluster.submit(builder.build())
+        run.spawned = time.time()
+        yield run
+
+
+class _OurRun:
+    """One run on our cluster: completion times from the storage observer, the CPU baseline."""
+
+    def __init__(self, tasks: int) -> None:
+        self.tasks = tasks
+        self.completions: list[float] = []
+        self.all_reported = threading.Event()
+        self.cluster: EmbeddedCluster | None = None
+        self.job_id = 0
+        self.spawned = 0.0
+        self.cluster_cpu = 0.0
+        self.cluster_switches = 0
+        self._lock = threading.Lock()
+
+    def observe(self, rpc: str, request: Any, response: Any, started: float, done: float) -> None:
+        if rpc == "ReportTaskSuccess":
+            now = time.time()
+            with self._lock:
+                self.completions.append(now)
+                if len(self.completions) == self.tasks:
+                    self.all_reported.set()
+
+    def wait(self) -> None:
+        """Until the last report landed (the observer says so: no polling loop runs in the
+        cluster's process, whose CPU is measured)."""
+        if not self.all_reported.wait(600):
+            raise RuntimeError(f"{len(self.completions)} of {self.tasks} reports in 600 s")
+
+    def cluster_use(self) -> tuple[float, int]:
+        """The cluster process's CPU seconds and context switches since the job's submission."""
+        return (
+            time.process_time() - self.cluster_cpu,
+            _switches(os.getpid()) - self.cluster_switches,
+        )
+
+    def check_succeeded(self) -> None:
+        assert self.cluster is not None
+        state = self.cluster.wait_job(self.job_id, timeout_sec=60, poll_sec=0.05)
+        if state is not JobState.SUCCEEDED:
+            raise RuntimeError(f"our bench job ended {state.name}")
+
+    def sample(self, cpu: dict[str, float], switches: dict[str, int]) -> Sample:
+        steady, from_start = _rates(self.tasks, self.spawned, self.completions)
+        return Sample(self.tasks, steady, from_start, cpu, switches)
+
+
+def _run_ours(workers: int, slots: int, tasks: int, workdir: Path) -> Sample:
+    with _our_cluster(tasks, workdir, f"ours-{workers}x{slots}") as run:
+        assert run.cluster is not None
+        config = run.cluster.worker_config(
+            workdir, poll_wait_ms=1000, heartbeat_sec=1.0, log_level="warning"
+        )
+        config["slots"] = slots
         processes = [
             WorkerProcess(f"ours-{workers}x{slots}-{i}", config, workdir) for i in range(workers)
         ]
         try:
-            # Completion times come from the observer, which also says when the last report
-            # landed: no polling loop runs in the cluster's process, whose CPU is measured.
-            if not all_reported.wait(600):
-                raise RuntimeError(f"our bench job: {len(completions)} of {tasks} reports in 600 s")
+            run.wait()
             executors = [pid for p in processes for pid in descendants(p.pid)]
+            cluster_cpu, cluster_switches = run.cluster_use()
             cpu = {
                 "worker": sum(_cpu_seconds(p.pid) for p in processes),
                 "executors": sum(_cpu_seconds(pid) for pid in executors),
-                "cluster": time.process_time() - cluster_started,
+                "cluster": cluster_cpu,
             }
             switches = {
                 "worker": sum(_switches(p.pid) for p in processes),
                 "executors": sum(_switches(pid) for pid in executors),
-                "cluster": _switches(os.getpid()) - cluster_switches,
+                "cluster": cluster_switches,
             }
-            state = cluster.wait_job(job_id, timeout_sec=60, poll_sec=0.05)
-            if state is not JobState.SUCCEEDED:
-                raise RuntimeError(f"our bench job ended {state.name}")
+            run.check_succeeded()
         finally:
             for process in processes:
                 process.stop(timeout_sec=30)
                 process.close()
-    steady, from_start = _rates(tasks, spawned, completions)
-    return Sample(tasks, steady, from_start, cpu, switches)
+    return run.sample(cpu, switches)
+
+
+def _run_floor(tasks: int, workdir: Path) -> Sample:
+    """The protocol's calls alone (``bench._floor_client``) against the same cluster."""
+    with _our_cluster(tasks, workdir, "floor") as run:
+        assert run.cluster is not None
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench._floor_client",
+                str(run.cluster.storage_port),
+                str(run.cluster.scheduler_port),
+                str(tasks),
+            ],
+            env=worker_environment(),
+        )
+        try:
+            run.wait()
+            cluster_cpu, cluster_switches = run.cluster_use()
+            cpu = {"client": _cpu_seconds(client.pid), "cluster": cluster_cpu}
+            switches = {"client": _switches(client.pid), "cluster": cluster_switches}
+            if client.wait(60) != 0:
+                raise RuntimeError(f"the floor client exited {client.returncode}")
+            run.check_succeeded()
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait(10)
+    return run.sample(cpu, switches)
+
+
+#: The configuration that runs the protocol's calls alone.
+FLOOR = "floor: the protocol's calls alone (one blocking grpcio client, no executor)"
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -383,6 +455,7 @@ def main(argv: Sequence[str]) -> int:
                 Config("ours, 1 worker, slots 1", functools.partial(_run_ours, 1, 1)),
                 Config("ours, 1 worker, slots 2", functools.partial(_run_ours, 1, 2)),
                 Config("ours, 2 workers, slots 1", functools.partial(_run_ours, 2, 1)),
+                Config(FLOOR, _run_floor),
             ]
             celery: list[Config] = []
             if missing is None:
@@ -434,6 +507,7 @@ def _print_tables(samples: dict[str, list[Sample]], tasks: int, rounds: int) -> 
         ("ours, 1 worker, slots 2", "Celery prefork --concurrency=1", 1.2),
         ("ours, 1 worker, slots 2", "Celery prefork --concurrency=2", 1.0),
         ("ours, 2 workers, slots 1", "Celery prefork --concurrency=2", None),
+        (FLOOR, "Celery prefork --concurrency=1", None),
     ]
     if not any(celery in samples for _, celery, _ in pairs):
         return

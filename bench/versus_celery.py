@@ -389,6 +389,7 @@ def _run_floor(tasks: int, workdir: Path) -> Sample:
                 str(run.cluster.scheduler_port),
                 str(tasks),
             ],
+            cwd=_BENCH_ROOT,  # where ``bench`` is importable, whatever the caller's folder
             env=worker_environment(),
         )
         try:
@@ -406,6 +407,8 @@ def _run_floor(tasks: int, workdir: Path) -> Sample:
     return run.sample(cpu, switches)
 
 
+#: The folder holding the ``bench`` package.
+_BENCH_ROOT = Path(__file__).resolve().parent.parent
 #: The configuration that runs the protocol's calls alone.
 FLOOR = "floor: the protocol's calls alone (one blocking grpcio client, no executor)"
 

@@ -1,18 +1,27 @@
 """The protocol's calls alone: one blocking grpcio client, no runtime and no executor.
 
-``python -m bench._floor_client STORAGE_PORT SCHEDULER_PORT TASKS`` registers with the cluster on
-the loopback interface and, for each of ``TASKS`` assignments, sends what the protocol asks of any
-worker: ``NextTask`` carrying the previous acknowledgement, ``RegisterTaskInstance``, and
-``ReportTaskSuccess`` with the task's inputs as its outputs (what the benchmark's no-op task
+``python -m bench._floor_client STORAGE_PORT SCHEDULER_PORT TASKS [overlap]`` registers with the
+cluster on the loopback interface and, for each of ``TASKS`` assignments, sends what the protocol
+asks of any worker: ``NextTask`` carrying the previous acknowledgement, ``RegisterTaskInstance``,
+and ``ReportTaskSuccess`` with the task's inputs as its outputs (what the benchmark's no-op task
 returns); then ``Shutdown``. It heartbeats both services twice a second. Every call is grpcio's
-blocking stub on raw protobuf messages, one after another: no trio, no bridge, no state machine,
-no executor round trip, no logging. Its CPU per task, and the cluster's while serving it, are the
-floor any worker of this design pays (``bench.versus_celery`` runs it as its "floor" row).
+blocking stub on raw protobuf messages: no trio, no bridge, no state machine, no executor round
+trip, no logging. Its CPU per task, and the cluster's while serving it, are the floor any worker
+of this design pays (``bench.versus_celery`` runs it as its "floor" rows). At the end it prints
+one JSON line: its CPU seconds and context switches, every thread included.
+
+The calls go one after another; with ``overlap`` the reports go to a second thread on a channel of
+its own, as a worker sends them while it polls again, so the chain per task is ``NextTask`` then
+``RegisterTaskInstance``: the throughput floor of one slot (with an executor that takes no time).
 """
 
 from __future__ import annotations
 
+import json
+import queue
+import resource
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -25,13 +34,29 @@ _TIMEOUT_SEC = 30.0
 _HEARTBEAT_SEC = 0.5
 
 
+def _report_each(
+    channel: grpc.Channel, reports: queue.SimpleQueue[storage_pb2.ReportTaskSuccessRequest | None]
+) -> None:
+    instances = storage_pb2_grpc.TaskInstanceManagementServiceStub(channel)
+    while (report := reports.get()) is not None:
+        instances.ReportTaskSuccess(report, timeout=_TIMEOUT_SEC)
+
+
 def main(argv: Sequence[str]) -> int:
     """Run ``TASKS`` assignments through the cluster at the given ports."""
-    storage_port, scheduler_port, tasks = (int(value) for value in argv)
+    storage_port, scheduler_port, tasks = (int(value) for value in argv[:3])
+    overlap = argv[3:] == ["overlap"]
     with (
         grpc.insecure_channel(f"127.0.0.1:{storage_port}") as storage_channel,
         grpc.insecure_channel(f"127.0.0.1:{scheduler_port}") as scheduler_channel,
+        grpc.insecure_channel(f"127.0.0.1:{storage_port}") as report_channel,
     ):
+        reports: queue.SimpleQueue[storage_pb2.ReportTaskSuccessRequest | None] = (
+            queue.SimpleQueue()
+        )
+        reporter = threading.Thread(target=_report_each, args=(report_channel, reports))
+        if overlap:
+            reporter.start()
         liveness = storage_pb2_grpc.ExecutionManagerLivenessServiceStub(storage_channel)
         instances = storage_pb2_grpc.TaskInstanceManagementServiceStub(storage_channel)
         scheduler = scheduler_pb2_grpc.SchedulerServiceStub(scheduler_channel)
@@ -74,24 +99,39 @@ def main(argv: Sequence[str]) -> int:
                 ),
                 timeout=_TIMEOUT_SEC,
             ).execution_context
-            instances.ReportTaskSuccess(
-                storage_pb2.ReportTaskSuccessRequest(
-                    job_id=assignment.job_id,
-                    task_id=assignment.task_id,
-                    task_instance_id=context.task_instance_id,
-                    execution_manager_id=em_id,
-                    session_id=assignment.session_id,
-                    serialized_outputs=context.serialized_task_io,
-                ),
-                timeout=_TIMEOUT_SEC,
+            report = storage_pb2.ReportTaskSuccessRequest(
+                job_id=assignment.job_id,
+                task_id=assignment.task_id,
+                task_instance_id=context.task_instance_id,
+                execution_manager_id=em_id,
+                session_id=assignment.session_id,
+                serialized_outputs=context.serialized_task_io,
             )
+            if overlap:
+                reports.put(report)
+            else:
+                instances.ReportTaskSuccess(report, timeout=_TIMEOUT_SEC)
             done += 1
+        if overlap:
+            reports.put(None)
+            reporter.join()
         scheduler.Shutdown(
             scheduler_pb2.ShutdownRequest(
                 execution_manager_id=em_id, prev_assignments=[] if previous is None else [previous]
             ),
             timeout=_TIMEOUT_SEC,
         )
+    # What it used, all threads included (ended ones too, which /proc no longer lists).
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "cpu_sec": usage.ru_utime + usage.ru_stime,
+                "switches": usage.ru_nvcsw + usage.ru_nivcsw,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

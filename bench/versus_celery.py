@@ -376,8 +376,9 @@ def _run_ours(workers: int, slots: int, tasks: int, workdir: Path) -> Sample:
     return run.sample(cpu, switches)
 
 
-def _run_floor(tasks: int, workdir: Path) -> Sample:
-    """The protocol's calls alone (``bench._floor_client``) against the same cluster."""
+def _run_floor(overlap: bool, tasks: int, workdir: Path) -> Sample:
+    """The protocol's calls alone (``bench._floor_client``) against the same cluster; with
+    ``overlap`` the reports leave the chain (a second thread sends them)."""
     with _our_cluster(tasks, workdir, "floor") as run:
         assert run.cluster is not None
         client = subprocess.Popen(
@@ -388,17 +389,22 @@ def _run_floor(tasks: int, workdir: Path) -> Sample:
                 str(run.cluster.storage_port),
                 str(run.cluster.scheduler_port),
                 str(tasks),
+                *(["overlap"] if overlap else []),
             ],
             cwd=_BENCH_ROOT,  # where ``bench`` is importable, whatever the caller's folder
             env=worker_environment(),
+            stdout=subprocess.PIPE,
         )
         try:
             run.wait()
             cluster_cpu, cluster_switches = run.cluster_use()
-            cpu = {"client": _cpu_seconds(client.pid), "cluster": cluster_cpu}
-            switches = {"client": _switches(client.pid), "cluster": cluster_switches}
-            if client.wait(60) != 0:
+            # The client reports its own use at its end, threads that ended included.
+            output, _ = client.communicate(timeout=60)
+            if client.returncode != 0:
                 raise RuntimeError(f"the floor client exited {client.returncode}")
+            used = json.loads(output.decode().strip().splitlines()[-1])
+            cpu = {"client": float(used["cpu_sec"]), "cluster": cluster_cpu}
+            switches = {"client": int(used["switches"]), "cluster": cluster_switches}
             run.check_succeeded()
         finally:
             if client.poll() is None:
@@ -411,6 +417,7 @@ def _run_floor(tasks: int, workdir: Path) -> Sample:
 _BENCH_ROOT = Path(__file__).resolve().parent.parent
 #: The configuration that runs the protocol's calls alone.
 FLOOR = "floor: the protocol's calls alone (one blocking grpcio client, no executor)"
+FLOOR_OVERLAPPED = "floor, the reports sent by a second thread (the chain of one slot)"
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -458,7 +465,8 @@ def main(argv: Sequence[str]) -> int:
                 Config("ours, 1 worker, slots 1", functools.partial(_run_ours, 1, 1)),
                 Config("ours, 1 worker, slots 2", functools.partial(_run_ours, 1, 2)),
                 Config("ours, 2 workers, slots 1", functools.partial(_run_ours, 2, 1)),
-                Config(FLOOR, _run_floor),
+                Config(FLOOR, functools.partial(_run_floor, False)),
+                Config(FLOOR_OVERLAPPED, functools.partial(_run_floor, True)),
             ]
             celery: list[Config] = []
             if missing is None:
@@ -511,6 +519,7 @@ def _print_tables(samples: dict[str, list[Sample]], tasks: int, rounds: int) -> 
         ("ours, 1 worker, slots 2", "Celery prefork --concurrency=2", 1.0),
         ("ours, 2 workers, slots 1", "Celery prefork --concurrency=2", None),
         (FLOOR, "Celery prefork --concurrency=1", None),
+        (FLOOR_OVERLAPPED, "Celery prefork --concurrency=1", None),
     ]
     if not any(celery in samples for _, celery, _ in pairs):
         return

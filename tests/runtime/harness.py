@@ -14,6 +14,8 @@ from collections.abc import Callable
 import trio
 
 from worker.core.machine import State, Trigger
+from worker.core.observer import WorkerObserver
+from worker.core.worker_state import WorkerCore
 from worker.exit_codes import ExitCode
 from worker.model import (
     AssignmentId,
@@ -122,20 +124,30 @@ class Harness:
             max_send_bytes=max_send_bytes,
             slots=slots,
         )
-        self.runtime = WorkerRuntime(
-            self.settings,
-            scheduler=self.scheduler,
-            storage=self.storage,
-            liveness=self.liveness,
-            open_executor=self.pool,
-            random=random.Random(seed),
-        )
+        self.seed = seed
+        self.runtime = self.runtime_with()
         self.transitions: list[tuple[State, State, Trigger]] = []
         self.runtime.machine.add_hook(self._on_transition)
         self.exit_code: ExitCode | None = None
         self.error: BaseException | None = None
         self.done = trio.Event()
         self.stopped_at: float | None = None
+
+    def runtime_with(
+        self, *, observer: WorkerObserver | None = None, core: WorkerCore | None = None
+    ) -> WorkerRuntime:
+        """A runtime on this harness's fakes and settings, with an observer or a core of its own
+        (``self.runtime`` is one without either)."""
+        return WorkerRuntime(
+            self.settings,
+            scheduler=self.scheduler,
+            storage=self.storage,
+            liveness=self.liveness,
+            open_executor=self.pool,
+            random=random.Random(self.seed),
+            observer=observer,
+            core=core,
+        )
 
     def _on_transition(self, source: State, dest: State, trigger: Trigger) -> None:
         self.transitions.append((source, dest, trigger))

@@ -28,7 +28,6 @@ from worker.core.phases import Phase as WorkerPhase
 from worker.errors import StatusCode
 from worker.exit_codes import ExitCode
 from worker.model import ExecutionRequest, Outcome, Success, TaskAssignmentRecord, TaskId
-from worker.runtime import WorkerRuntime
 from worker.testing import Always, Assign, Block, Error, Hang, Hold, NoTask, Phase
 
 #: protocol.md section 6.11, written out: the code each combination of causes must give.
@@ -300,14 +299,7 @@ async def test_the_observer_sees_slots_phases_assignments_records_drain_and_loop
 ) -> None:
     h = Harness()
     recorder = _Recorder()
-    h.runtime = WorkerRuntime(
-        h.settings,
-        scheduler=h.scheduler,
-        storage=h.storage,
-        liveness=h.liveness,
-        open_executor=h.pool,
-        observer=recorder,
-    )
+    h.runtime = h.runtime_with(observer=recorder)
     a1 = A(1)
     h.scheduler.push(Assign(a1), NoTask)  # the poll carrying rec(a1) returns OK
     h.storage.push_register(ctx("fibonacci", 10))

@@ -44,17 +44,6 @@ class ScriptedCore(WorkerCore):
         return list(self.answers[type(event)])
 
 
-def _runtime(harness: Harness, core: ScriptedCore) -> WorkerRuntime:
-    return WorkerRuntime(
-        harness.settings,
-        scheduler=harness.scheduler,
-        storage=harness.storage,
-        liveness=harness.liveness,
-        open_executor=harness.pool,
-        core=core,
-    )
-
-
 async def _run(runtime: WorkerRuntime) -> ExitCode:
     with trio.fail_after(5):
         return await runtime.run()
@@ -80,7 +69,7 @@ async def test_a_cancel_before_the_next_call_leaves_that_call_alone(
             CallCancelled: DONE,
         },
     )
-    assert await _run(_runtime(harness, core)) is ExitCode.OK
+    assert await _run(harness.runtime_with(core=core)) is ExitCode.OK
     assert [type(event) for event in core.events] == [Booted, PollAnswered, TaskRegistered]
     assert harness.storage.register_cancelled == 0
 
@@ -100,6 +89,6 @@ async def test_a_cancel_after_the_next_call_cancels_it(
             CallCancelled: DONE,
         },
     )
-    assert await _run(_runtime(harness, core)) is ExitCode.OK
+    assert await _run(harness.runtime_with(core=core)) is ExitCode.OK
     assert [type(event) for event in core.events] == [Booted, PollAnswered, CallCancelled]
     assert harness.storage.register_cancelled == 1

@@ -121,7 +121,8 @@ class WorkerRuntime:
         observer: WorkerObserver | None = None,
         core: WorkerCore | None = None,
     ) -> None:
-        """``core`` is the core to drive; by default a new one, built from ``settings``."""
+        """``core`` is the core to drive; by default a new one, built from ``settings`` (a core
+        given with an ``observer`` must have been built with ``observe=True``)."""
         self._settings = settings
         self._scheduler = scheduler
         self._storage = storage

@@ -284,14 +284,13 @@ def _redis_pid(port: int) -> int:
 @contextlib.contextmanager
 def _our_cluster(tasks: int, workdir: Path, name: str) -> Iterator[_OurRun]:
     """An embedded cluster holding a job of ``tasks`` no-op tasks, observed as reports land."""
-    run = _OurRun(tasks)
     database = workdir / f"{name}-{time.monotonic_ns()}.db"
     with EmbeddedCluster(ClusterSettings(database=database)) as cluster:
+        run = _OurRun(tasks, cluster)
         cluster.storage_server.hooks.observer = run.observe
         builder = JobBuilder("bench", package_dir=workdir)
         for index in range(tasks):
             builder.task(f"t{index}", "bench_noop", "noop", [index])
-        run.cluster = cluster
         run.cluster_cpu, run.cluster_switches = time.process_time(), _switches(os.getpid())
         run.job_id = cluster.submit(builder.build())
         run.spawned = time.time()
@@ -301,11 +300,11 @@ def _our_cluster(tasks: int, workdir: Path, name: str) -> Iterator[_OurRun]:
 class _OurRun:
     """One run on our cluster: completion times from the storage observer, the CPU baseline."""
 
-    def __init__(self, tasks: int) -> None:
+    def __init__(self, tasks: int, cluster: EmbeddedCluster) -> None:
         self.tasks = tasks
+        self.cluster = cluster
         self.completions: list[float] = []
         self.all_reported = threading.Event()
-        self.cluster: EmbeddedCluster | None = None
         self.job_id = 0
         self.spawned = 0.0
         self.cluster_cpu = 0.0
@@ -334,7 +333,6 @@ class _OurRun:
         )
 
     def check_succeeded(self) -> None:
-        assert self.cluster is not None
         state = self.cluster.wait_job(self.job_id, timeout_sec=60, poll_sec=0.05)
         if state is not JobState.SUCCEEDED:
             raise RuntimeError(f"our bench job ended {state.name}")
@@ -346,7 +344,6 @@ class _OurRun:
 
 def _run_ours(workers: int, slots: int, tasks: int, workdir: Path) -> Sample:
     with _our_cluster(tasks, workdir, f"ours-{workers}x{slots}") as run:
-        assert run.cluster is not None
         config = run.cluster.worker_config(
             workdir, poll_wait_ms=1000, heartbeat_sec=1.0, log_level="warning"
         )
@@ -380,7 +377,6 @@ def _run_floor(overlap: bool, tasks: int, workdir: Path) -> Sample:
     """The protocol's calls alone (``bench._floor_client``) against the same cluster; with
     ``overlap`` the reports leave the chain (a second thread sends them)."""
     with _our_cluster(tasks, workdir, "floor") as run:
-        assert run.cluster is not None
         client = subprocess.Popen(
             [
                 sys.executable,

@@ -220,15 +220,22 @@ class WorkerRuntime:
 
     # --- the one dispatch point ----------------------------------------------------------------
 
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(
+        self, event: Event, claim: Callable[[Action], bool] | None = None
+    ) -> Action | None:
+        """Hand the core ``event`` and perform the actions it returns, in order; the first one
+        ``claim`` accepts is returned instead, for the caller to carry out itself (a slot's next
+        call, a Shutdown retry), and the actions after it are still performed."""
+        claimed: Action | None = None
         for action in self._core.handle(event, _now()):
-            self._perform(action)
-        self._notify()
-
-    def _notify(self) -> None:
+            if claimed is None and claim is not None and claim(action):
+                claimed = action
+            else:
+                self._perform(action)
         if self._observer is not None:
             for notice in self._core.take_notices():
                 self._observer.notice(notice)
+        return claimed
 
     def _perform(self, action: Action) -> None:
         root = self._root
@@ -327,17 +334,19 @@ class WorkerRuntime:
             scope = self._slot_scopes[slot]
 
     def _follow(self, slot: int, event: Event) -> _SlotCall | None:
-        """Hand the core ``event`` of ``slot``; perform what it asks, except the slot's next call,
-        which is returned (with a fresh scope when the current one was cancelled meanwhile)."""
-        call: _SlotCall | None = None
-        for action in self._core.handle(event, _now()):
-            if call is None and isinstance(action, _SLOT_CALLS) and action.slot == slot:
-                call = action
-                if self._slot_scopes[slot].cancel_called:
-                    self._new_slot_scope(slot)
-            else:
-                self._perform(action)
-        self._notify()
+        """Dispatch ``event`` of ``slot``; the slot's next call, if the core asks for one."""
+
+        def claim(action: Action) -> bool:
+            if not (isinstance(action, _SLOT_CALLS) and action.slot == slot):
+                return False
+            # Claimed before the actions after it run: a cancel that comes later in the same
+            # list is for this call, one that came before (or after the answer) is not.
+            if self._slot_scopes[slot].cancel_called:
+                self._new_slot_scope(slot)
+            return True
+
+        call = self._dispatch(event, claim)
+        assert call is None or isinstance(call, _SLOT_CALLS)
         return call
 
     # --- boot, heartbeats, reports, drain deadline, Shutdown ------------------------------------
@@ -368,7 +377,7 @@ class WorkerRuntime:
             action.em_id,
             tracker,
             self._settings.storage_heartbeat_interval_sec,
-            lambda reason: self._dispatch(Evicted(reason)),
+            self._evicted,
         )
         scheduler_loop = functools.partial(
             run_scheduler_heartbeats,
@@ -382,6 +391,9 @@ class WorkerRuntime:
                 await loops.start(self._heartbeat_loop, "storage", self._liveness_loop.run)
                 await loops.start(self._heartbeat_loop, "scheduler", scheduler_loop)
                 self._dispatch(HeartbeatsStarted())
+
+    def _evicted(self, reason: str) -> None:
+        self._dispatch(Evicted(reason))
 
     async def _heartbeat_loop(
         self, name: str, loop: LoopFunction, *, task_status: trio.TaskStatus[None]
@@ -415,16 +427,9 @@ class WorkerRuntime:
 
     async def _say_goodbye(self, action: SendShutdown) -> None:
         """Send Shutdown, and again while the core asks for a retry."""
-        attempt: SendShutdown | None = action
-        while attempt is not None:
-            event = await self._shutdown_attempt(attempt)
-            attempt = None
-            for follow in self._core.handle(event, _now()):
-                if isinstance(follow, SendShutdown):
-                    attempt = follow
-                else:
-                    self._perform(follow)
-            self._notify()
+        attempt: Action | None = action
+        while isinstance(attempt, SendShutdown):
+            attempt = self._dispatch(await self._shutdown_attempt(attempt), _is_shutdown)
 
     async def _shutdown_attempt(self, action: SendShutdown) -> Event:
         with trio.CancelScope(deadline=action.deadline):
@@ -438,12 +443,14 @@ class WorkerRuntime:
         return ShutdownTimedOut()
 
     async def _goodbye_after_outer_cancel(self) -> None:
-        for action in self._core.handle(ShellCancelled(), _now()):
-            if isinstance(action, SendShutdown):
-                await self._say_goodbye(action)
-            else:
-                self._perform(action)
-        self._notify()
+        # The core ends its answer with the Shutdown, so performing the rest first keeps order.
+        shutdown = self._dispatch(ShellCancelled(), _is_shutdown)
+        if isinstance(shutdown, SendShutdown):
+            await self._say_goodbye(shutdown)
+
+
+def _is_shutdown(action: Action) -> bool:
+    return isinstance(action, SendShutdown)
 
 
 def _now() -> float:

@@ -89,7 +89,6 @@ class Execute:
     """``slot`` runs ``request`` in an executor."""
 
     slot: int
-    key: AssignmentKey
     request: ExecutionRequest
 
 

@@ -51,9 +51,9 @@ class AckLedger:
         return tuple(self._pending)
 
     @property
-    def in_flight(self) -> frozenset[TaskAssignmentRecord]:
-        """Pending records an in-flight ``NextTask`` carries now."""
-        return frozenset(self._in_flight)
+    def pending_count(self) -> int:
+        """How many records are still waiting (without copying them, as ``pending`` does)."""
+        return len(self._pending)
 
     @property
     def acknowledged(self) -> int:

@@ -25,6 +25,7 @@ from worker.model import SchedulerAssignment, SessionId
 
 __all__ = [
     "INITIAL_STATE",
+    "RUNNING_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "IllegalTransition",
@@ -81,7 +82,8 @@ class Transition:
     dest: State
 
 
-_RUNNING_STATES: Final = (State.IDLE, State.AWAITING, State.REGISTERING, State.EXECUTING)
+#: The states a stop, an eviction or a fatal error leave for Draining.
+RUNNING_STATES: Final = (State.IDLE, State.AWAITING, State.REGISTERING, State.EXECUTING)
 
 #: THE transition table. Everything else (runtime, statecharts, property tests) reads it.
 TRANSITIONS: Final[tuple[Transition, ...]] = (
@@ -93,9 +95,9 @@ TRANSITIONS: Final[tuple[Transition, ...]] = (
     Transition(Trigger.REGISTERED, State.REGISTERING, State.EXECUTING),
     Transition(Trigger.REGISTRATION_DROPPED, State.REGISTERING, State.IDLE),
     Transition(Trigger.FINISHED, State.EXECUTING, State.IDLE),
-    *(Transition(Trigger.STOP, source, State.DRAINING) for source in _RUNNING_STATES),
-    *(Transition(Trigger.EVICT, source, State.DRAINING) for source in _RUNNING_STATES),
-    *(Transition(Trigger.FAIL, source, State.DRAINING) for source in _RUNNING_STATES),
+    *(Transition(Trigger.STOP, source, State.DRAINING) for source in RUNNING_STATES),
+    *(Transition(Trigger.EVICT, source, State.DRAINING) for source in RUNNING_STATES),
+    *(Transition(Trigger.FAIL, source, State.DRAINING) for source in RUNNING_STATES),
     Transition(Trigger.SHUTDOWN, State.DRAINING, State.STOPPED),
 )
 

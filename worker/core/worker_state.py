@@ -82,7 +82,7 @@ from worker.core.events import (
 )
 from worker.core.ledger import AckLedger
 from worker.core.lifecycle import AssignmentEvent, AssignmentLifecycles, AssignmentState
-from worker.core.machine import State, Trigger, WorkerMachine
+from worker.core.machine import RUNNING_STATES, State, Trigger, WorkerMachine
 from worker.core.observer import (
     AssignmentMoved,
     DrainingBegan,
@@ -98,7 +98,6 @@ from worker.core.session import SessionTracker
 from worker.core.settings import RuntimeSettings
 from worker.core.story import AssignmentKey, StoryEntry, StoryLog, key_text
 from worker.errors import ProtocolError, TransportError
-from worker.exit_codes import ExitCode
 from worker.model import (
     ExecutionContext,
     ExecutionManagerId,
@@ -118,7 +117,6 @@ OUTER_CANCEL_SHUTDOWN_BUDGET_SEC = 1.0
 #: The two heartbeat loops; Shutdown waits until both ended (P4).
 HEARTBEAT_LOOPS: Final = frozenset({"storage", "scheduler"})
 
-_RUNNING_STATES: Final = frozenset({State.IDLE, State.AWAITING, State.REGISTERING, State.EXECUTING})
 _TRIGGER_FOR_CAUSE: Final = {
     StopCause.GRACEFUL: Trigger.STOP,
     StopCause.FORCED: Trigger.STOP,
@@ -210,7 +208,6 @@ class WorkerCore:
         self._shutdown_backoff = Backoff(self._policy, self._rng)
         self._shutdown_records: tuple[TaskAssignmentRecord, ...] = ()
         self._shutdown_deadline = 0.0
-        self._exit_code: ExitCode | None = None
         self._out: list[Action] = []
         self._ledger_seen = (0, 0)
         # Records an OK Shutdown delivered (its batch closes the ledger, which keeps them);
@@ -260,16 +257,6 @@ class WorkerCore:
         """The stop causes that occurred so far."""
         return frozenset(self._causes)
 
-    @property
-    def draining(self) -> bool:
-        """Whether a stop cause occurred: no slot polls again."""
-        return bool(self._causes)
-
-    @property
-    def exit_code(self) -> ExitCode:
-        """The exit code the causes so far give (6.11)."""
-        return exit_code_for(self._causes)
-
     def story(self, key: AssignmentKey) -> tuple[StoryEntry, ...]:
         """Why is assignment ``key`` where it is? Its bounded story, oldest first."""
         return self._story.story(key)
@@ -310,7 +297,7 @@ class WorkerCore:
         """``(pending, acknowledged)`` as observers see them: an OK Shutdown delivers its batch."""
         delivered = self._shutdown_delivered
         if delivered is None:
-            return (len(self._ledger.pending), self._ledger.acknowledged)
+            return (self._ledger.pending_count, self._ledger.acknowledged)
         return (0, self._ledger.acknowledged + delivered)
 
     # --- boot ----------------------------------------------------------------------------------
@@ -499,9 +486,7 @@ class WorkerCore:
         if self._causes or self._late():
             # The stop came while the call was in flight, but its reply was already on its
             # way back: it counts as cancelled, whatever storage answered (no record).
-            self._note(key, "reply discarded: stop during registration", "no record")
-            self._lifecycles.move(key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED)
-            self._release(slot)
+            self._abandon_registration(slot, "reply discarded: stop during registration")
             self._maybe_stop_loops()
             return
         self._note(key, f"register: {verdict.reason}", error_text)
@@ -562,11 +547,7 @@ class WorkerCore:
         assert assignment is not None
         assert self._tracker is not None
         if self._causes or self._late():
-            self._note(assignment.key, "registration abandoned by the stop", "no record")
-            self._lifecycles.move(
-                assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
-            )
-            self._release(slot)
+            self._abandon_registration(slot, "registration abandoned by the stop")
             self._maybe_stop_loops()
             return
         if self._tracker.is_stale(assignment.session_id):
@@ -594,36 +575,26 @@ class WorkerCore:
         self._lifecycles.move(assignment.key, AssignmentEvent.EXECUTE, AssignmentState.EXECUTING)
         slot.started_at = self._now
         if logger.isEnabledFor(logging.INFO):  # a hot path: build the fields only when logged
-            logger.info(
-                "task started",
-                extra={
-                    "fields": {
-                        "task": f"{context.tdl_context.package}.{context.tdl_context.task_func}",
-                        "job_id": task.job_id,
-                        "task_id": str(task.task_id),
-                        "task_instance_id": context.task_instance_id,
-                        "slot": slot.index,
-                    }
-                },
-            )
-        self._out.append(
-            Execute(slot.index, assignment.key, ExecutionRequest.for_assignment(task, context))
-        )
+            logger.info("task started", extra={"fields": self._task_fields(slot)})
+        self._out.append(Execute(slot.index, ExecutionRequest.for_assignment(task, context)))
 
-    def _task_fields(self, slot: _Slot, result: str) -> dict[str, object]:
+    def _task_fields(self, slot: _Slot, result: str | None = None) -> dict[str, object]:
+        """The task's log fields; with ``result``, the end's (its result and duration) too."""
         assert slot.assignment is not None
         assert slot.context is not None
         task = slot.assignment.assignment
         context = slot.context
-        return {
+        fields: dict[str, object] = {
             "task": f"{context.tdl_context.package}.{context.tdl_context.task_func}",
             "job_id": task.job_id,
             "task_id": str(task.task_id),
             "task_instance_id": context.task_instance_id,
             "slot": slot.index,
-            "result": result,
-            "duration_sec": round(self._now - slot.started_at, 6),
         }
+        if result is not None:
+            fields["result"] = result
+            fields["duration_sec"] = round(self._now - slot.started_at, 6)
+        return fields
 
     def _on_outcome(self, event: OutcomeArrived) -> None:
         slot = self._end_call(event.slot, _Call.EXECUTE)
@@ -697,19 +668,9 @@ class WorkerCore:
             self._ledger.carrier_failed(slot.carried)  # cancelled: the record stays pending
             slot.carried = None
         elif call is _Call.REGISTER:
-            assert assignment is not None
-            self._note(assignment.key, "registration cancelled", "no record")
-            self._lifecycles.move(
-                assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
-            )
-            self._release(slot)
+            self._abandon_registration(slot, "registration cancelled")
         elif call is _Call.REGISTER_BACKOFF:
-            assert assignment is not None
-            self._note(assignment.key, "registration abandoned by the stop", "no record")
-            self._lifecycles.move(
-                assignment.key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED
-            )
-            self._release(slot)
+            self._abandon_registration(slot, "registration abandoned by the stop")
         elif call is _Call.EXECUTE:
             assert assignment is not None
             logger.warning(
@@ -788,7 +749,7 @@ class WorkerCore:
         if not first:
             return
         for slot in self._slots:
-            if slot.machine.state in _RUNNING_STATES:
+            if slot.machine.state in RUNNING_STATES:
                 held = slot.assignment
                 slot.machine.fire(
                     _TRIGGER_FOR_CAUSE[cause],
@@ -894,7 +855,7 @@ class WorkerCore:
     def _exit_without_shutdown(self, reason: str) -> None:
         trigger = Trigger.FAIL if StopCause.FATAL in self._causes else Trigger.STOP
         for slot in self._slots:
-            if slot.machine.state in _RUNNING_STATES:
+            if slot.machine.state in RUNNING_STATES:
                 slot.machine.fire(trigger)
             slot.machine.fire(Trigger.SHUTDOWN)
         logger.info(f"{reason}: no Shutdown (registration did not complete)")
@@ -906,7 +867,6 @@ class WorkerCore:
     def _exit(self, trigger: PhaseTrigger) -> None:
         self._enter(trigger, Phase.EXITED)
         code = exit_code_for(self._causes)
-        self._exit_code = code
         logger.info("stopped", extra={"fields": {"exit_code": int(code)}})
         self._out.append(Exit(code))
 
@@ -949,6 +909,14 @@ class WorkerCore:
     def _late(self) -> bool:
         """Whether the worker is past serving: slot answers change nothing any more."""
         return self._torn_down or self._phase in (Phase.SHUTTING_DOWN, Phase.EXITED)
+
+    def _abandon_registration(self, slot: _Slot, why: str) -> None:
+        """The slot's assignment was never registered and never will be: no record, no run."""
+        assert slot.assignment is not None
+        key = slot.assignment.key
+        self._note(key, why, "no record")
+        self._lifecycles.move(key, AssignmentEvent.CANCELLED, AssignmentState.NEVER_ACKED)
+        self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
         slot.assignment = None

@@ -88,19 +88,18 @@ from worker.core.ports import (
 )
 from worker.core.settings import RuntimeSettings
 from worker.core.story import AssignmentKey, StoryEntry
-from worker.core.worker_state import OUTER_CANCEL_SHUTDOWN_BUDGET_SEC, WorkerCore
+from worker.core.worker_state import WorkerCore
 from worker.errors import ExecutorPoolError, PoolInitError, ProtocolError, RpcError
 from worker.exit_codes import ExitCode
 from worker.runtime.heartbeat import run_scheduler_heartbeats
 from worker.runtime.liveness import LivenessLoop
 from worker.runtime.reporting import Reporter
 
-__all__ = ["OUTER_CANCEL_SHUTDOWN_BUDGET_SEC", "WorkerRuntime"]
+__all__ = ["WorkerRuntime"]
 
 logger = logging.getLogger("worker.runtime")
 
 _SlotCall = SendNextTask | RegisterTask | Execute | Sleep
-_SLOT_CALLS = (SendNextTask, RegisterTask, Execute, Sleep)
 
 #: A heartbeat loop: runs until cancelled (or evicted), reports ``started`` on its first beat.
 LoopFunction = Callable[..., Awaitable[None]]
@@ -147,11 +146,6 @@ class WorkerRuntime:
         self._exited: trio.Event | None = None
 
     # --- introspection -----------------------------------------------------------------------
-
-    @property
-    def core(self) -> WorkerCore:
-        """The core this runtime drives."""
-        return self._core
 
     @property
     def machine(self) -> WorkerMachine:
@@ -242,7 +236,7 @@ class WorkerRuntime:
         if isinstance(action, StartReport):
             assert self._reports is not None
             self._reports.start_soon(self._report, action)
-        elif isinstance(action, _SLOT_CALLS):
+        elif isinstance(action, _SlotCall):
             assert root is not None
             root.start_soon(self._run_slot, action, self._new_slot_scope(action.slot))
         elif isinstance(action, CancelCall | KillTask):
@@ -337,7 +331,7 @@ class WorkerRuntime:
         """Dispatch ``event`` of ``slot``; the slot's next call, if the core asks for one."""
 
         def claim(action: Action) -> bool:
-            if not (isinstance(action, _SLOT_CALLS) and action.slot == slot):
+            if not (isinstance(action, _SlotCall) and action.slot == slot):
                 return False
             # Claimed before the actions after it run: a cancel that comes later in the same
             # list is for this call, one that came before (or after the answer) is not.
@@ -346,7 +340,7 @@ class WorkerRuntime:
             return True
 
         call = self._dispatch(event, claim)
-        assert call is None or isinstance(call, _SLOT_CALLS)
+        assert call is None or isinstance(call, _SlotCall)
         return call
 
     # --- boot, heartbeats, reports, drain deadline, Shutdown ------------------------------------

@@ -34,7 +34,7 @@ def test_sequential_calls_reuse_one_thread_and_report_completion() -> None:
 
 
 def test_threads_start_as_calls_need_them_up_to_the_limit_then_calls_queue() -> None:
-    pool = CallPool(max_workers=3, thread_name_prefix="calls")
+    pool = CallPool(max_workers=3, thread_name_prefix="limited")
     release = threading.Event()
     started = threading.Semaphore(0)
     finished: list[int] = []
@@ -48,8 +48,10 @@ def test_threads_start_as_calls_need_them_up_to_the_limit_then_calls_queue() -> 
         pool.submit(blocking, index)
     for _ in range(3):
         assert started.acquire(timeout=10)
-    assert not started.acquire(timeout=0.1)  # two calls wait for a thread
+    # Three threads exist and each is held inside its call: the other two calls wait.
     assert pool.threads_started == 3
+    assert sum(thread.name.startswith("limited_") for thread in threading.enumerate()) == 3
+    assert finished == []
     release.set()
     wait_for(lambda: len(finished) == 5, 10, "every call to finish")
     assert pool.threads_started == 3

@@ -75,9 +75,11 @@ def _serve_calls(work: queue.SimpleQueue[_Work], threads: _Threads) -> None:
             fn(*args, **kwargs)
         except Exception:  # grpcio answers the call's own failures; this is a bug of ours
             log.exception("a server call failed outside its handler")
-        completion.finish()
+        # Idle before the call is announced done: a call submitted from its completion callback
+        # (or just after) finds this thread instead of starting another one.
         with threads.lock:
             threads.idle += 1
+        completion.finish()
 
 
 def _stop_threads(work: queue.SimpleQueue[_Work], threads: _Threads) -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.runtime.harness import POLL_WAIT_MS, A, Harness, ctx
 from worker.core.backoff import BackoffPolicy
+from worker.core.decisions import StopCause
 from worker.core.machine import INITIAL_STATE, TERMINAL_STATES, TRANSITIONS, State
 from worker.errors import StatusCode
 from worker.exit_codes import ExitCode
@@ -401,6 +402,8 @@ def _check(run: Run) -> None:
         sent_order += [r for r in records if r not in sent_order]
     known = [r for r in sent_order if r in evidence]  # stale between retries: order unknown
     assert known == sorted(known, key=evidence.__getitem__), "H4: records left out of FIFO order"
+    # One slot consumes in one order: what went out is a prefix of it, the stale ones included.
+    assert sent_order == list(h.runtime.ledger.consumption_order)[: len(sent_order)]
 
     # H5 / H6 / H7: storage calls per assignment.
     reports = h.storage.reports
@@ -502,6 +505,9 @@ def _check(run: Run) -> None:
         # latter must agree with the clock: Shutdown starts exactly at the deadline, and only then.
         deadline = drain_time + scenario.drain_timeout
         deadline_fired = not run.forced and shutdown.time >= deadline - EPS
+        # ... and the runtime's own account agrees, whichever cause wins the exit code.
+        forced_by_deadline = StopCause.FORCED in h.runtime.causes and not run.forced
+        assert forced_by_deadline == deadline_fired, (shutdown.time, deadline)
         if deadline_fired:
             assert shutdown.time <= deadline + EPS, "H11: the drain ran past its deadline"
         if run.forced or deadline_fired:

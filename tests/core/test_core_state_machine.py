@@ -226,12 +226,10 @@ class CoreDriver(RuleBasedStateMachine):
         self.causes: set[str] = set()
         self.consumed: list[TaskAssignmentRecord] = []
         self.acked: set[TaskAssignmentRecord] = set()
-        self.session_high = seed_session
-        self.polls_after_draining = 0
+        self.session_high = seed_session  # the highest session storage has answered
         self.shutdowns: list[tuple[TaskAssignmentRecord, ...]] = []
         self.serving = False
         self.draining_by_signal = False
-        self.reports_cancelled = False
         if stop_before_boot:
             self.deliver(StopRequested())
         self.deliver(Booted())
@@ -303,7 +301,6 @@ class CoreDriver(RuleBasedStateMachine):
             self.reports.append(action.key)
         elif isinstance(action, CancelReports):
             assert "forced" in self.causes
-            self.reports_cancelled = True
         elif isinstance(action, RegisterWorker):
             self.registering_worker = action
         elif isinstance(action, CancelRegistration):
@@ -347,9 +344,7 @@ class CoreDriver(RuleBasedStateMachine):
 
     def _assignment(self, session_offset: int) -> SchedulerAssignment:
         self.next_id += 1
-        tracker = self.core.tracker
-        assert tracker is not None
-        session = max(1, tracker.current + session_offset)
+        session = max(1, self.session_high + session_offset)
         return SchedulerAssignment(
             TaskAssignment(
                 AssignmentId(self.next_id),
@@ -410,9 +405,7 @@ class CoreDriver(RuleBasedStateMachine):
             self.deliver(PollAnswered(slot, None))
         elif answer == "assignment":
             assignment = self._assignment(session_offset)
-            tracker = self.core.tracker
-            assert tracker is not None
-            if not self.draining and assignment.session_id < tracker.current:
+            if not self.draining and assignment.session_id < self.session_high:
                 self.consumed.append(assignment.record)  # gate 1: stale, consumed (A1)
             self.deliver(PollAnswered(slot, assignment))
         elif answer == "error":
@@ -445,9 +438,7 @@ class CoreDriver(RuleBasedStateMachine):
         self.cancel_asked.discard(slot)
         self.now = max(self.now, call.until)
         held = self.core.holds(slot)
-        tracker = self.core.tracker
-        assert tracker is not None
-        if held is not None and not self.draining and held.session_id < tracker.current:
+        if held is not None and not self.draining and held.session_id < self.session_high:
             self.consumed.append(held.record)  # stale between registration retries (A1)
         self.deliver(TimerFired(slot))
 
@@ -494,8 +485,10 @@ class CoreDriver(RuleBasedStateMachine):
         assert tracker is not None
         if change < 0 and self.events < self.stop_after:
             change = 0
-        session = SessionId(max(1, tracker.current + change))
-        if tracker.observe(session) is SessionObservation.REGRESSED:
+        session = SessionId(max(1, self.session_high + change))
+        observation = tracker.observe(session)
+        assert (observation is SessionObservation.REGRESSED) == (session < self.session_high)
+        if observation is SessionObservation.REGRESSED:
             self.loops_running.discard("storage")  # the loop ends on eviction
             self.deliver(Evicted("storage session went backwards"))
             self.deliver(HeartbeatLoopEnded("storage"))
@@ -555,6 +548,11 @@ class CoreDriver(RuleBasedStateMachine):
     # --- invariants ----------------------------------------------------------------------------
 
     @invariant()
+    def the_tracker_holds_the_highest_session(self) -> None:
+        tracker = self.core.tracker
+        assert tracker is None or tracker.current == self.session_high
+
+    @invariant()
     def slots_move_along_the_table(self) -> None:
         for index, moves in enumerate(self.moves):
             for source, dest, trigger in moves:
@@ -592,12 +590,13 @@ class CoreDriver(RuleBasedStateMachine):
     def undeclared_moves_are_refused(self) -> None:
         for index in range(self.core.slots):
             machine = self.core.machine(index)
-            before = machine.state
+            before, moves = machine.state, len(self.moves[index])
             for trigger in Trigger:
                 if not machine.can(trigger):
                     with pytest.raises(IllegalTransition):
                         machine.fire(trigger)
             assert machine.state is before
+            assert len(self.moves[index]) == moves  # a refused move reaches no hook
 
     @invariant()
     def only_consumed_records_are_pending(self) -> None:

@@ -28,7 +28,7 @@ from worker.metrics.instrumented import PortInstruments
 from worker.metrics.instruments import SLOT_STATES
 from worker.metrics.observer import MetricsObserver
 from worker.runtime import WorkerRuntime
-from worker.testing import Assign, Error, Hold, NoTask
+from worker.testing import Assign, Error, Hold, Malformed, NoTask
 
 
 class Observed:
@@ -68,6 +68,10 @@ class Observed:
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         await self.h.until(predicate)
+
+    def reaches(self, name: str, value: float) -> Callable[[], bool]:
+        """Whether the unlabelled metric ``name`` is at ``value`` now (for :meth:`until`)."""
+        return lambda: self.value(name) == value
 
 
 async def test_two_long_tasks_make_two_slots_busy_and_records_follow_the_polls(
@@ -222,3 +226,40 @@ def test_the_snapshot_is_bounded_per_story() -> None:
     (only,) = observer.snapshot.recent
     assert [entry.event for entry in only.story] == ["attempt 2", "attempt 3", "attempt 4"]
     assert observer.snapshot.slots[0].state is State.IDLE
+
+
+async def test_consumed_assignments_that_never_run_are_recorded_without_taking_a_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stale assignment, and ones storage refuses with NOT_FOUND or FAILED_PRECONDITION, are
+    consumed: each gives a pending record and never runs; a malformed OK poll that carried one
+    still acknowledges it."""
+    o = Observed(slots=1)
+    h = o.h
+    stale, missing, terminal = A(1, session=0), A(2, index=1), A(3, index=2)
+    h.storage.script_register(missing.assignment.task_id, (Error(StatusCode.NOT_FOUND),))
+    h.storage.script_register(terminal.assignment.task_id, (Error(StatusCode.FAILED_PRECONDITION),))
+    async with trio.open_nursery() as nursery:
+        h.start(nursery)
+        h.scheduler.push(Assign(stale))  # session 0 < 1: dropped without a storage call
+        await o.until(lambda: o.value("worker_records_pending") == 1)
+        assert o.value("worker_slots_busy") == 0
+        assert h.storage.register_calls == []
+        h.scheduler.push(Malformed)  # completed: the record it carried is delivered
+        await o.until(lambda: o.value("worker_records_acknowledged_total") == 1)
+        assert o.value("worker_records_pending") == 0
+        for registered, (consumed, acknowledged) in enumerate(((missing, 2), (terminal, 3)), 1):
+            h.scheduler.push(Assign(consumed))
+            # Storage refused it: recorded, and carried by the next poll.
+            await o.until(lambda: o.value("worker_records_pending") == 1)
+            assert len(h.storage.register_calls) == registered
+            assert o.value("worker_slots_busy") == 0
+            h.scheduler.push(NoTask)
+            await o.until(o.reaches("worker_records_acknowledged_total", acknowledged))
+        assert [call.task_id for call in h.storage.register_calls] == [
+            missing.assignment.task_id,
+            terminal.assignment.task_id,
+        ]
+        assert h.pool.requests == []
+        assert await h.stop_and_finish() is ExitCode.OK
+    h.check_teardown()

@@ -18,6 +18,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from worker.core.machine import State
+from worker.core.worker_state import HEARTBEAT_LOOPS as CORE_HEARTBEAT_LOOPS
 from worker.metrics.health import WATCHDOG_TIMEOUT_SEC, Health
 
 __all__ = ["HEARTBEAT_LOOPS", "OUTCOMES", "SLOT_STATES", "WorkerMetrics"]
@@ -25,9 +27,9 @@ __all__ = ["HEARTBEAT_LOOPS", "OUTCOMES", "SLOT_STATES", "WorkerMetrics"]
 #: How a task ends, as counted by ``worker_tasks_finished_total{outcome}``.
 OUTCOMES: Final = ("succeeded", "failed", "timed_out", "crashed")
 #: The states of a slot's main loop (protocol.md section 6.4), first the initial one.
-SLOT_STATES: Final = ("Idle", "Awaiting", "Registering", "Executing", "Draining", "Stopped")
-#: The two liveness loops.
-HEARTBEAT_LOOPS: Final = ("storage", "scheduler")
+SLOT_STATES: Final = tuple(state.value for state in State)
+#: The two liveness loops, in the order their series are created.
+HEARTBEAT_LOOPS: Final = tuple(sorted(CORE_HEARTBEAT_LOOPS, reverse=True))
 #: Task durations range from milliseconds to hours.
 _DURATION_BUCKETS: Final = (
     0.01,

@@ -679,3 +679,12 @@ def test_two_slots_never_carry_one_record_at_once_and_never_after_an_ok() -> Non
     assert b_third.carried is None
     assert core.ledger.pending == ()
     assert register.slot == 0
+
+
+def test_a_stop_before_the_boot_arms_no_drain_and_the_boot_exits() -> None:
+    """Nothing runs yet, so nothing drains: the worker exits at its boot, with no Shutdown."""
+    core = WorkerCore(RuntimeSettings(1.0, 1.0, 1000))
+    assert core.handle(StopRequested(), 0.0) == []
+    [exit_action] = core.handle(Booted(), 0.0)
+    assert isinstance(exit_action, Exit)
+    assert int(exit_action.code) == 0  # a graceful stop (6.11)

@@ -770,7 +770,8 @@ class WorkerCore:
             self._out.append(CancelRegistration())
         elif self._phase is Phase.SERVING:
             self._enter(PhaseTrigger.STOP_CAUSE, Phase.DRAINING)
-        self._out.append(ArmDrainDeadline(self._now + self._settings.drain_timeout_sec))
+        if self._phase is not Phase.BOOT:  # before the boot the worker exits at once: no drain
+            self._out.append(ArmDrainDeadline(self._now + self._settings.drain_timeout_sec))
 
     # --- drain end, heartbeat loops and Shutdown -----------------------------------------------
 

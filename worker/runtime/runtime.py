@@ -258,8 +258,8 @@ class WorkerRuntime:
         elif isinstance(action, StopHeartbeats):
             self._loops_scope.cancel()
         elif isinstance(action, ArmDrainDeadline):
-            if root is not None:  # before run() the core exits at boot: nothing to drain
-                root.start_soon(self._drain_timer, action.deadline)
+            assert root is not None
+            root.start_soon(self._drain_timer, action.deadline)
         elif isinstance(action, SendShutdown):
             assert root is not None
             root.start_soon(self._say_goodbye, action)

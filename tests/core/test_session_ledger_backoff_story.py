@@ -79,6 +79,8 @@ def test_ledger_refuses_misuse() -> None:
         ledger.record(_rec(3))
     with pytest.raises(LedgerError):
         ledger.to_carry()
+    with pytest.raises(LedgerError):
+        ledger.carrier_completed(_rec(2))  # closed or not, a carrier must have carried a record
 
 
 def test_backoff_bounds_and_reset() -> None:

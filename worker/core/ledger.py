@@ -96,8 +96,6 @@ class AckLedger:
         if carried is None:
             return
         if self._pending.pop(carried, _ABSENT) is _ABSENT:
-            if self._closed:
-                return  # already in the Shutdown batch: delivered twice, which is harmless
             raise LedgerError(f"completed carrier of {carried} but it is not pending")
         self._in_flight.discard(carried)
         self._acknowledged += 1

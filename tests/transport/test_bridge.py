@@ -11,6 +11,7 @@ import grpc._channel as grpc_channel_module
 import pytest
 import trio
 
+from tests.cluster.harness import wait_for
 from tests.transport.clients import EM_ID, METHOD_PATHS, NO_TASK, SAMPLE_CALLS, Clients
 from tests.transport.scripted import SERVER_THREADS, ScriptedServer
 from worker.errors import Rpc, RpcError, StatusCode, TransportError
@@ -336,7 +337,7 @@ async def test_sequential_calls_start_no_thread_and_the_parked_call_stays_off_th
             monkeypatch.undo()
         assert spin_starts == []
         # The parked call alone stays (grpcio counts a call out just after its answer is out).
-        assert calls_settle_at(states, 1, within_sec=10), [s.managed_calls for s in states]
+        wait_for(lambda: all(s.managed_calls == 1 for s in states), 10, "one call left per channel")
         # Only the real calls reached the server: the parked ones open no stream.
         assert {call.method for call in server.calls()} == {METHOD_PATHS[Rpc.SCHEDULER_HEARTBEAT]}
     finally:
@@ -344,14 +345,4 @@ async def test_sequential_calls_start_no_thread_and_the_parked_call_stays_off_th
     assert all(parked is not None and parked.done for parked in pool.parked)
     # Closing the channels ends the parked calls and with them the completion threads, which
     # return once their channel has no call left.
-    assert calls_settle_at(states, 0, within_sec=10), [s.managed_calls for s in states]
-
-
-def calls_settle_at(states: list[Any], count: int, within_sec: float) -> bool:
-    """Whether every channel's count of calls in flight comes to ``count`` within ``within_sec``."""
-    deadline = time.monotonic() + within_sec
-    while any(state.managed_calls != count for state in states):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    wait_for(lambda: all(s.managed_calls == 0 for s in states), 10, "no call left per channel")

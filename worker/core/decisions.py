@@ -15,6 +15,7 @@ import signal as signal_module
 import attrs
 
 from worker.core.encoding import success_request_size
+from worker.core.identity_enum import IdentityEnum
 from worker.errors import (
     EvictedError,
     InvalidInputError,
@@ -240,10 +241,8 @@ def classify_report_error(error: RpcError | ProtocolError) -> ReportVerdict:
     return ReportVerdict.FINAL_ERROR  # FinalReportError, any other code, a malformed answer
 
 
-class StopCause(enum.Enum):
+class StopCause(IdentityEnum):
     """Why the worker stops; each maps to an exit code (protocol.md section 6.11)."""
-
-    __hash__ = object.__hash__  # identity: the core intersects cause sets on every outcome
 
     GRACEFUL = "graceful"  # first signal, drained in time
     FORCED = "forced"  # second signal, or the drain deadline passed

@@ -11,12 +11,12 @@ Where the two tables overlap, each assignment move names the slot move it rides 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
 
+from worker.core.identity_enum import IdentityEnum
 from worker.core.machine import TRANSITIONS, State, Transition, Trigger
 from worker.core.story import AssignmentKey
 
@@ -35,12 +35,8 @@ __all__ = [
 ]
 
 
-class AssignmentState(enum.Enum):
+class AssignmentState(IdentityEnum):
     """Where one assignment stands (its record, if any, is in the pending-ack queue)."""
-
-    # Members are singletons compared by identity: hash them by identity too, in C, since the
-    # core looks moves up in sets on every step of every assignment (Enum's own hash is Python).
-    __hash__ = object.__hash__
 
     RECEIVED = "Received"  # a NextTask reply carried it
     REGISTERING = "Registering"  # RegisterTaskInstance in flight or in retry backoff
@@ -53,10 +49,8 @@ class AssignmentState(enum.Enum):
     NEVER_ACKED = "NeverAcked"  # not consumed (A2): the scheduler reschedules it later
 
 
-class AssignmentEvent(enum.Enum):
+class AssignmentEvent(IdentityEnum):
     """What moves one assignment; several share a main-loop trigger."""
-
-    __hash__ = object.__hash__  # identity, as AssignmentState's
 
     STALE_SESSION = "stale_session"  # M2: s < tracker
     ACCEPTED = "accepted"  # M2: s >= tracker

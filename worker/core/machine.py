@@ -12,7 +12,6 @@ States and their meaning are protocol.md section 6.4; the names are normative.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -20,6 +19,7 @@ from typing import Final
 import attrs
 from transitions import Machine
 
+from worker.core.identity_enum import IdentityEnum
 from worker.core.story import AssignmentKey, StoryLog, key_text
 from worker.model import SchedulerAssignment, SessionId
 
@@ -39,12 +39,8 @@ __all__ = [
 logger = logging.getLogger("worker.machine")
 
 
-class State(enum.Enum):
+class State(IdentityEnum):
     """Main-loop states (protocol.md section 6.4)."""
-
-    # Members are singletons compared by identity: hash them by identity too, in C (every move
-    # of every slot looks states up; Enum's own hash is Python code).
-    __hash__ = object.__hash__
 
     IDLE = "Idle"
     AWAITING = "Awaiting"
@@ -54,10 +50,8 @@ class State(enum.Enum):
     STOPPED = "Stopped"
 
 
-class Trigger(enum.Enum):
+class Trigger(IdentityEnum):
     """The events that move the main loop."""
-
-    __hash__ = object.__hash__  # identity, as State's
 
     POLL = "poll"  # M0: send NextTask
     NO_TASK = "no_task"  # M1: OK + no_task

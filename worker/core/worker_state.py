@@ -16,7 +16,6 @@ one slot event; a cancellation the core did not ask for means the shell is being
 
 from __future__ import annotations
 
-import enum
 import logging
 import random as random_module
 from collections.abc import Callable
@@ -80,6 +79,7 @@ from worker.core.events import (
     WorkerRegistrationCancelled,
     WorkerRegistrationFailed,
 )
+from worker.core.identity_enum import IdentityEnum
 from worker.core.ledger import AckLedger
 from worker.core.lifecycle import AssignmentEvent, AssignmentLifecycles, AssignmentState
 from worker.core.machine import RUNNING_STATES, State, Trigger, WorkerMachine
@@ -128,10 +128,8 @@ _KILLING_CAUSES: Final = frozenset({StopCause.FORCED, StopCause.EVICTED})
 _SIGNALLED: Final = frozenset({StopCause.GRACEFUL, StopCause.FORCED})
 
 
-class _Call(enum.Enum):
+class _Call(IdentityEnum):
     """The one call a slot may have outstanding."""
-
-    __hash__ = object.__hash__  # identity: looked up in sets on every step
 
     POLL = "poll"
     REGISTER = "register"

@@ -9,13 +9,12 @@ against protocol.md sections 6.12 and 6.13.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 
 import trio
 import trio.testing
 
-from tests.metrics.scraping import get
+from tests.metrics.scraping import get, registry_samples, slot_states
 from tests.runtime.harness import BOUNDED_WAIT, A, Harness, ctx
 from worker.core.lifecycle import AssignmentState
 from worker.core.machine import State
@@ -25,9 +24,7 @@ from worker.errors import StatusCode
 from worker.exit_codes import ExitCode
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.metrics.instrumented import PortInstruments
-from worker.metrics.instruments import SLOT_STATES
 from worker.metrics.observer import MetricsObserver
-from worker.runtime import WorkerRuntime
 from worker.testing import Assign, Error, Hold, Malformed, NoTask
 
 
@@ -41,15 +38,7 @@ class Observed:
             self.metrics, slots=slots, recent_assignments=recent_assignments
         )
         self.instruments = PortInstruments(self.metrics)
-        h.runtime = WorkerRuntime(
-            h.settings,
-            scheduler=self.instruments.scheduler(h.scheduler),
-            storage=self.instruments.storage(h.storage),
-            liveness=self.instruments.liveness(h.liveness),
-            open_executor=self.instruments.executor_factory(h.pool),
-            random=random.Random(0),
-            observer=self.observer,
-        )
+        h.runtime = h.runtime_with(observer=self.observer, wrap=self.instruments)
 
     def value(self, name: str, **labels: str) -> float:
         found = self.metrics.registry.get_sample_value(name, labels)
@@ -58,13 +47,7 @@ class Observed:
 
     def slot_state(self, slot: int) -> str:
         """The one state whose ``worker_slot_state`` series is 1 for ``slot``."""
-        current = [
-            state
-            for state in SLOT_STATES
-            if self.value("worker_slot_state", slot=str(slot), state=state) == 1
-        ]
-        assert len(current) == 1, current
-        return current[0]
+        return slot_states(registry_samples(self.metrics.registry), slot + 1)[slot]
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         await self.h.until(predicate)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.cluster.harness import BOOT_TIMEOUT, E2E, TASKS_DIR, wait_for
-from tests.metrics.scraping import get, scrape
+from tests.metrics.scraping import Samples, get, scrape, slot_states
 from worker.cluster.jobs import JobBuilder, TaskTimeouts
 from worker.cluster.processes import WorkerProcess, logged_metrics_port, worker_environment
 from worker.cluster.storage import JobState
@@ -27,7 +27,6 @@ from worker.metrics.faults import BLOCK_LOOP_VARIABLE
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 LOOPBACK_ANY_PORT = {"host": "127.0.0.1", "port": 0}
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def metrics_port(log: Path) -> int | None:
@@ -151,20 +150,6 @@ def test_values_move_before_during_and_after_jobs(e2e: E2E) -> None:
     assert status(port, "/healthz") == 200  # draining is healthy
     assert worker.wait(60) == 0
     assert e2e.wait_job(long) is JobState.SUCCEEDED
-
-
-def slot_states(samples: Samples, slots: int) -> list[str]:
-    """The state whose ``worker_slot_state`` series is 1, for each slot (one state each)."""
-    states = []
-    for slot in range(slots):
-        current = [
-            dict(labels)["state"]
-            for (name, labels), sample in samples.items()
-            if name == "worker_slot_state" and dict(labels)["slot"] == str(slot) and sample == 1
-        ]
-        assert len(current) == 1, (slot, current)
-        states.append(current[0])
-    return states
 
 
 def test_two_slots_two_long_tasks_per_slot_series_and_assignments(e2e: E2E) -> None:

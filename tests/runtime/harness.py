@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
 from worker.core.machine import State, Trigger
 from worker.core.observer import WorkerObserver
+from worker.core.ports import ExecutorFactory, LivenessClient, SchedulerClient, StorageClient
 from worker.core.worker_state import WorkerCore
 from worker.exit_codes import ExitCode
 from worker.model import (
@@ -89,6 +91,18 @@ def ctx(func: str, *args: object, instance: int | None = None) -> ExecutionConte
     )
 
 
+class PortWrappers(Protocol):
+    """Wraps each port of the runtime (the metrics' port instruments do)."""
+
+    def scheduler(self, inner: SchedulerClient) -> SchedulerClient: ...
+
+    def storage(self, inner: StorageClient) -> StorageClient: ...
+
+    def liveness(self, inner: LivenessClient) -> LivenessClient: ...
+
+    def executor_factory(self, inner: ExecutorFactory) -> ExecutorFactory: ...
+
+
 class Harness:
     """The four fakes, one runtime, and what the scenarios inspect."""
 
@@ -134,16 +148,20 @@ class Harness:
         self.stopped_at: float | None = None
 
     def runtime_with(
-        self, *, observer: WorkerObserver | None = None, core: WorkerCore | None = None
+        self,
+        *,
+        observer: WorkerObserver | None = None,
+        core: WorkerCore | None = None,
+        wrap: PortWrappers | None = None,
     ) -> WorkerRuntime:
-        """A runtime on this harness's fakes and settings, with an observer or a core of its own
-        (``self.runtime`` is one without either)."""
+        """A runtime on this harness's fakes and settings, with an observer, a core or wrappers
+        around the fakes of its own (``self.runtime`` is one with none of them)."""
         return WorkerRuntime(
             self.settings,
-            scheduler=self.scheduler,
-            storage=self.storage,
-            liveness=self.liveness,
-            open_executor=self.pool,
+            scheduler=self.scheduler if wrap is None else wrap.scheduler(self.scheduler),
+            storage=self.storage if wrap is None else wrap.storage(self.storage),
+            liveness=self.liveness if wrap is None else wrap.liveness(self.liveness),
+            open_executor=self.pool if wrap is None else wrap.executor_factory(self.pool),
             random=random.Random(self.seed),
             observer=observer,
             core=core,
